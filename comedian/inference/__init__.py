@@ -1,0 +1,1 @@
+"""Sliding-window inference to raw per-token scores, and seed ensembles."""

@@ -1,0 +1,1 @@
+"""Models: spatial transformers (ViViT, ViSwin), the temporal transformer and heads, built on timm."""
