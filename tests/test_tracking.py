@@ -1,0 +1,471 @@
+"""comedian.tracking: parent/child runs, fallback on unreachable stores, concurrent writers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from comedian import tracking
+
+REPO = Path(__file__).resolve().parents[1]
+_ENV_VARS = (
+    tracking.ENV_URI,
+    tracking.ENV_EXPERIMENT,
+    tracking.ENV_PARENT_RUN_ID,
+    tracking.ENV_FALLBACK_URI,
+    tracking.ENV_ENABLED,
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    *tracking.HTTP_ENV_DEFAULTS,
+)
+
+
+@pytest.fixture(scope="module")
+def shared_dir(tmp_path_factory):
+    """One working folder for the in-process tests, so the sqlite schema is created once (~3 s)."""
+    return tmp_path_factory.mktemp("tracking")
+
+
+@pytest.fixture
+def workdir(shared_dir, monkeypatch):
+    """chdir into the shared folder with clean tracking env vars and module state; restores all."""
+    saved = dict(os.environ)
+    for var in _ENV_VARS:
+        os.environ.pop(var, None)
+    monkeypatch.chdir(shared_dir)
+    monkeypatch.setattr(tracking, "_FAILED_STORES", {})
+    monkeypatch.setattr(tracking, "_OPEN_STORES", {})
+    monkeypatch.setattr(tracking.TrackedRun, "_warned", set())
+    yield shared_dir
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _runs(uri: str, filter_string: str = "", experiment: str = "comedian"):
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], filter_string=filter_string)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _artifacts(uri: str, run_id: str, path: str | None = None) -> set[str]:
+    """All artifact file paths of a run (recursive)."""
+    client, found = _client(uri), set()
+    for info in client.list_artifacts(run_id, path):
+        found |= _artifacts(uri, run_id, info.path) if info.is_dir else {info.path}
+    return found
+
+
+def _tracking_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_import_does_not_load_mlflow():
+    code = "import sys, comedian.tracking; print('mlflow' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_resolve_uri_precedence(workdir, monkeypatch):
+    assert tracking.resolve_uri() == f"sqlite:///{workdir.resolve()}/results/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking.resolve_uri() == "http://mlflow.example:5000"
+    monkeypatch.setenv(tracking.ENV_URI, "sqlite:///other/x.db")
+    assert tracking.resolve_uri() == f"sqlite:///{workdir.resolve()}/other/x.db"
+    assert tracking.resolve_uri("sqlite:////abs/y.db") == "sqlite:////abs/y.db"
+    assert tracking.artifact_location_for("sqlite:////abs/y.db") == "/abs/mlartifacts"
+    assert tracking.artifact_location_for("http://h:5000") is None
+
+
+def test_parent_and_child_runs_in_default_store(workdir, caplog):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    config = {"tracking": {"experiment": "comedian"}, "pca": {"dim": 512}, "splits": ["train"]}
+    parent = tracking.start_pipeline_run(None, None, name="pipeline test", config=config)
+    assert parent is not None
+    uri = os.environ[tracking.ENV_URI]
+    assert uri == f"sqlite:///{workdir.resolve()}/results/mlflow.db"
+    assert os.environ[tracking.ENV_PARENT_RUN_ID] == parent
+    assert os.environ[tracking.ENV_EXPERIMENT] == "comedian"
+
+    extra = workdir / "table.csv"
+    extra.write_text("a,b\n1,2\n")
+    folder = workdir / "bundle"
+    folder.mkdir(exist_ok=True)
+    (folder / "one.txt").write_text("1")
+    with tracking.stage_run(
+        "pca", wildcards={"game": "england_epl/2015-2016/x", "half": 1}, params={"dim": 512}
+    ) as run:
+        for epoch in range(3):
+            run.log_metrics({"loss": 1.0 / (epoch + 1), "acc": np.float32(0.5)}, step=epoch)
+        run.log_params({"model": {"depth": 4, "heads": [8, 8]}})
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [1, 0])
+        run.log_figure(fig, "figures/variance.png")
+        plt.close(fig)
+        run.log_dict({"mean": np.float64(0.25), "shape": np.arange(3)}, "summary.json")
+        run.log_artifact(extra)
+        run.log_artifact(folder, "bundle")
+    child = run.run_id
+
+    with pytest.raises(ValueError, match="boom"):
+        with tracking.stage_run("train", wildcards={"fold": 0}) as failed:
+            failed.log_metrics({"loss": 2.0}, step=0)
+            raise ValueError("boom")
+
+    log = workdir / "snakemake.log"
+    log.write_text("Finished job 0.\n")
+    tracking.end_pipeline_run(status="FINISHED", log=log)
+
+    client = _client(uri)
+    exp = client.get_experiment_by_name("comedian")
+    assert exp.artifact_location == str(workdir.resolve() / "results" / "mlartifacts")
+    p = client.get_run(parent)
+    assert p.info.status == "FINISHED"
+    assert p.data.tags[tracking.TAG_KIND] == "pipeline"
+    assert p.data.params["pca.dim"] == "512"
+    assert json.loads(p.data.params["splits"]) == ["train"]
+    assert _artifacts(uri, parent) == {"config.json", "snakemake.log"}
+
+    c = client.get_run(child)
+    assert c.info.status == "FINISHED"
+    assert c.info.run_name == "pca[game=england_epl/2015-2016/x, half=1]"
+    assert c.data.tags["mlflow.parentRunId"] == parent
+    assert c.data.tags[tracking.TAG_STAGE] == "pca"
+    assert c.data.tags["comedian.wildcard.game"] == "england_epl/2015-2016/x"
+    assert c.data.tags["comedian.wildcard.half"] == "1"
+    assert c.data.params == {"dim": "512", "model.depth": "4", "model.heads": "[8, 8]"}
+    history = client.get_metric_history(child, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+    assert c.data.metrics["acc"] == 0.5
+    assert _artifacts(uri, child) == {
+        "figures/variance.png",
+        "summary.json",
+        "table.csv",
+        "bundle/one.txt",
+    }
+    summary = json.loads(Path(client.download_artifacts(child, "summary.json", str(workdir))).read_text())
+    assert summary == {"mean": 0.25, "shape": [0, 1, 2]}
+    png = workdir / "results" / "mlartifacts" / child / "artifacts" / "figures" / "variance.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+    f = client.get_run(failed.run_id)
+    assert f.info.status == "FAILED"
+    assert f.data.tags["mlflow.parentRunId"] == parent
+    assert f.data.metrics["loss"] == 2.0
+    assert _tracking_warnings(caplog) == []
+    assert not (workdir / "results" / "mlflow-offline.db").exists()
+
+
+def test_stage_run_by_hand_is_top_level(workdir):
+    with tracking.stage_run("evaluate", params={"tolerance": "tight"}) as run:
+        run.log_metrics({"t_amap": 0.42})
+    got = _client(tracking.resolve_uri()).get_run(run.run_id)
+    assert "mlflow.parentRunId" not in got.data.tags
+    assert got.info.status == "FINISHED"
+    assert got.data.metrics == {"t_amap": 0.42}
+
+
+def test_exit_statuses(workdir):
+    with pytest.raises(SystemExit):
+        with tracking.stage_run("exit0") as ok:
+            sys.exit(0)
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.stage_run("interrupted") as killed:
+            raise KeyboardInterrupt
+    client = _client(tracking.resolve_uri())
+    assert client.get_run(ok.run_id).info.status == "FINISHED"
+    assert client.get_run(killed.run_id).info.status == "KILLED"
+
+
+def test_end_pipeline_run_marks_orphaned_children_killed(workdir):
+    parent = tracking.start_pipeline_run(None, None, name="pipeline killed")
+    orphan_ctx = tracking.stage_run("extract", wildcards={"half": 2})
+    orphan = orphan_ctx.__enter__()  # the job "was killed": its run never ends by itself
+    tracking.end_pipeline_run(parent, status="failed")
+    client = _client(tracking.resolve_uri())
+    assert client.get_run(parent).info.status == "FAILED"
+    assert client.get_run(orphan.run_id).info.status == "KILLED"
+    orphan.detach()
+
+
+def test_odd_values_are_cleaned_not_fatal(workdir, caplog):
+    with tracking.stage_run("odd") as run:
+        run.log_params({"bad key!": 1, "long": "x" * 7000, "path": Path("/a/b")})
+        run.log_params({"bad key!": 2})  # changed value: refused, one warning
+        run.log_metrics({"loss": float("nan"), "name": "not a number", "ok": 3})
+    got = _client(tracking.resolve_uri()).get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params["bad key_"] == "1"
+    assert len(got.data.params["long"]) == 6000
+    assert got.data.params["path"] == "/a/b"
+    assert got.data.metrics["ok"] == 3.0
+    assert "name" not in got.data.metrics
+    warnings = _tracking_warnings(caplog)
+    assert len(warnings) == 1 and "odd" in warnings[0]
+
+
+def test_tracking_off_logs_nothing(tmp_path, monkeypatch):
+    saved = dict(os.environ)
+    try:
+        monkeypatch.chdir(tmp_path)
+        os.environ[tracking.ENV_ENABLED] = "off"
+        assert tracking.start_pipeline_run(None, None) is None
+        with tracking.stage_run("pca", params={"dim": 1}) as run:
+            run.log_metrics({"x": 1.0})
+            run.log_dict({"a": 1}, "a.json")
+        assert run.run_id is None
+        tracking.end_pipeline_run("0" * 32)
+        assert not (tmp_path / "results").exists()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _warm_fallback(workdir) -> str:
+    """Open the default fallback store once so timings below exclude creating its schema."""
+    fallback = tracking.resolve_fallback_uri()
+    tracking._open_store(fallback, tracking.resolve_experiment())
+    return fallback
+
+
+def test_unreachable_server_falls_back_with_one_warning(workdir, caplog):
+    fallback = _warm_fallback(workdir)
+    server = f"http://127.0.0.1:{_free_port()}"
+    os.environ[tracking.ENV_URI] = server
+    os.environ[tracking.ENV_PARENT_RUN_ID] = "f" * 32
+    start = time.monotonic()
+    finished = False
+    with tracking.stage_run("postprocess", wildcards={"split": "test"}, params={"nms": 20}) as run:
+        for step in range(5):
+            run.log_metrics({"loss": float(step)}, step=step)
+        run.log_dict({"n": 1}, "n.json")
+        finished = True
+    with tracking.stage_run("postprocess", wildcards={"split": "valid"}) as second:
+        second.log_metrics({"loss": 1.0})
+    elapsed = time.monotonic() - start
+    assert finished
+    assert elapsed < 15, f"unreachable server held the stage for {elapsed:.1f} s"
+    warnings = _tracking_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert server in warnings[0] and fallback in warnings[0] and "\n" not in warnings[0]
+    assert run.uri == fallback == second.uri
+    got = _client(fallback).get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params == {"nms": "20"}
+    assert got.data.tags["mlflow.parentRunId"] == "f" * 32
+    assert len(_client(fallback).get_metric_history(run.run_id, "loss")) == 5
+    assert _artifacts(fallback, run.run_id) == {"n.json"}
+
+
+def test_silent_server_is_given_up_quickly(workdir, caplog):
+    """A server that accepts connections but never answers costs one probe timeout, not minutes."""
+    fallback = _warm_fallback(workdir)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        server = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        start = time.monotonic()
+        parent = tracking.start_pipeline_run(server, "comedian", name="pipeline offline")
+        elapsed = time.monotonic() - start
+    assert elapsed < tracking.PROBE_TIMEOUT_S + 10
+    # The parent went to the fallback, and jobs are pointed there directly.
+    assert os.environ[tracking.ENV_URI] == fallback
+    assert _client(fallback).get_run(parent).info.status == "RUNNING"
+    tracking.end_pipeline_run()
+    assert _client(fallback).get_run(parent).info.status == "FINISHED"
+    warnings = _tracking_warnings(caplog)
+    assert len(warnings) == 1 and server in warnings[0] and fallback in warnings[0]
+
+
+def test_no_store_works_stage_still_finishes(workdir, caplog, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    os.environ[tracking.ENV_URI] = f"http://127.0.0.1:{_free_port()}"
+    os.environ[tracking.ENV_FALLBACK_URI] = f"sqlite:///{blocker}/sub/offline.db"
+    with tracking.stage_run("evaluate") as run:
+        run.log_metrics({"x": 1.0})
+        run.log_figure(None, "never-drawn.png")  # tracking is off: the figure is not touched
+    assert run.run_id is None
+    warnings = _tracking_warnings(caplog)
+    assert len(warnings) == 1 and "tracking is off" in warnings[0]
+
+
+_WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import mlflow  # import before the barrier, so that all workers then write at the same time
+    from comedian.tracking import stage_run
+
+    worker, steps = int(sys.argv[1]), int(sys.argv[2])
+    Path(f"ready-{worker}").touch()
+    deadline = time.monotonic() + 120
+    while not Path("go").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with stage_run("worker", wildcards={"worker": worker}, params={"seed": worker}) as run:
+        for step in range(steps):
+            run.log_metrics({"loss": 1.0 / (step + 1), "worker": worker}, step=step)
+            run.log_params({f"p{step}": step * worker})
+        run.log_dict({"worker": worker}, "out.json")
+    print(run.run_id)
+    """
+)
+
+
+def test_concurrent_processes_lose_nothing(tmp_path):
+    """Four jobs start at once on a fresh sqlite store (schema creation and experiment creation race
+    too) and each logs 2 x 25 small batches; every param, metric step and artifact must arrive."""
+    workers, steps = 4, 25
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_VARS}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(i), str(steps)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(workers)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0] * workers, [err for _, err in outs]
+    assert all("comedian tracking" not in err for _, err in outs), [err for _, err in outs]
+    run_ids = [out.strip().splitlines()[-1] for out, _ in outs]
+
+    uri = f"sqlite:///{tmp_path}/results/mlflow.db"
+    client = _client(uri)
+    assert len(_runs(uri)) == workers
+    for worker, run_id in enumerate(run_ids):
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["comedian.wildcard.worker"] == str(worker)
+        expected = {"seed": str(worker)} | {f"p{s}": str(s * worker) for s in range(steps)}
+        assert run.data.params == expected
+        history = client.get_metric_history(run_id, "loss")
+        assert sorted(m.step for m in history) == list(range(steps))
+        assert _artifacts(uri, run_id) == {"out.json"}
+    assert not (tmp_path / "results" / "mlflow-offline.db").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# A real MLflow server
+
+
+def _start_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+        "--artifacts-destination", str(tmp_path / "server-artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed by the test's finally
+    return subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=log, start_new_session=True)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"mlflow server at {url} not healthy after {limit_s:.0f} s")
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    """Stop the server and its workers: they share the process group we started (pgid == pid)."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # uvicorn workers can outlive the server process
+    proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_real_server_parent_child_and_failover(workdir, caplog, tmp_path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start_server(tmp_path, port)
+    try:
+        _wait_healthy(url, proc, limit_s=180)
+        parent = tracking.start_pipeline_run(url, "comedian-server", config={"seed": 1})
+        assert parent is not None and os.environ[tracking.ENV_URI] == url
+        with tracking.stage_run("finetune", wildcards={"fold": 0}, params={"lr": 1e-4}) as run:
+            run.log_metrics({"loss": 0.5}, step=1)
+            run.log_dict({"epochs": 1}, "history.json")
+        tracking.end_pipeline_run(status="FINISHED")
+        client = _client(url)
+        child = client.get_run(run.run_id)
+        assert child.data.tags["mlflow.parentRunId"] == parent
+        assert child.data.params == {"lr": "0.0001"}
+        assert child.info.status == "FINISHED"
+        assert client.get_run(parent).info.status == "FINISHED"
+        assert _artifacts(url, run.run_id) == {"history.json"}
+        assert _tracking_warnings(caplog) == []
+
+        # The server dies mid-run: the run goes on in the fallback store with everything replayed.
+        with tracking.stage_run("finetune", wildcards={"fold": 1}, params={"lr": 2e-4}) as run:
+            run.log_metrics({"loss": 0.9}, step=0)
+            _stop_server(proc)
+            run.log_metrics({"loss": 0.7}, step=1)
+            run.log_metrics({"loss": 0.6}, step=2)
+        fallback = tracking.resolve_fallback_uri()
+        assert run.uri == fallback
+        got = _client(fallback).get_run(run.run_id)
+        assert got.info.status == "FINISHED"
+        assert got.data.params == {"lr": "0.0002"}
+        assert got.data.tags["mlflow.parentRunId"] == parent
+        steps = sorted(m.step for m in _client(fallback).get_metric_history(run.run_id, "loss"))
+        assert steps == [0, 1, 2]
+        warnings = _tracking_warnings(caplog)
+        assert len(warnings) == 1 and url in warnings[0] and fallback in warnings[0]
+    finally:
+        _stop_server(proc)
