@@ -738,13 +738,13 @@ def start_pipeline_run(
 def end_pipeline_run(
     run_id: str | None = None,
     status: str = _FINISHED,
-    log: str | Path | None = None,
+    log: str | Path | list[str | Path] | None = None,
     uri: str | None = None,
 ) -> None:
     """End the parent run; for ``onsuccess:`` (``"FINISHED"``) and ``onerror:`` (``"FAILED"``).
 
     Child runs still ``RUNNING`` (jobs that were killed) are marked ``KILLED``. ``log`` (Snakemake's
-    log file, the handlers' ``log`` variable) is attached as an artifact. ``run_id`` and ``uri``
+    log file or files, the handlers' ``log`` variable) is attached as an artifact. ``run_id`` and ``uri``
     default to ``$COMEDIAN_PIPELINE_RUN_ID`` and :func:`resolve_uri`. Never raises: failures warn.
     """
     run_id = run_id or os.environ.get(ENV_PARENT_RUN_ID)
@@ -761,8 +761,9 @@ def end_pipeline_run(
         )
         for child in orphans:
             store.call("set_terminated", child.info.run_id, status=_KILLED)
-        if log and Path(log).is_file():
-            store.call("log_artifact", run_id, str(log), None)
+        for path in [log] if isinstance(log, (str, Path)) else log or []:
+            if Path(path).is_file():
+                store.call("log_artifact", run_id, str(path), None)
         store.call("set_terminated", run_id, status=status.upper(), end_time=_now_ms())
     except Exception as err:  # noqa: BLE001 - tracking never fails the pipeline
         _warn(f"could not end pipeline run {run_id} in {uri} ({_one_line(err)})")

@@ -1,0 +1,80 @@
+# Config validation and the small helpers that compute inputs. Rules hold no path arithmetic.
+import os
+
+from comedian import tracking
+
+from comedian import config as comedian_config
+from comedian.data import soccernet
+
+comedian_config.validate(config, "config")
+
+SPLITS = [s for s in ("train", "valid", "test", "challenge") if s in config["dataset"]["splits"]]
+DATA_ROOT = config["dataset"]["root"]
+
+
+def split_games():
+    """Split -> games, known at parse time: computed for the demo, read from the lists otherwise."""
+    if config["demo"] is not None:
+        from comedian.data.demo import demo_games
+
+        demo = config["demo"]
+        return demo_games(demo["seed"], demo["games"]["train"], demo["games"]["valid"], demo["games"]["test"])
+    return {s: soccernet.read_game_list(config["dataset"]["splits"][s]) for s in SPLITS}
+
+
+GAMES = split_games()
+SLUGS = soccernet.slug_table([g for s in SPLITS for g in GAMES[s]])  # slug -> game
+
+
+wildcard_constraints:
+    game=r"[A-Za-z0-9._\-]+",
+    half=r"[12]",
+    split=r"train|valid|test|challenge",
+
+
+def video(wildcards):
+    return str(soccernet.video_path(DATA_ROOT, SLUGS[wildcards.game], int(wildcards.half)))
+
+
+def all_frames(splits=SPLITS):
+    return [f"results/frames/{soccernet.game_slug(g)}/{h}.h5" for s in splits for g in GAMES[s] for h in soccernet.HALVES]
+
+
+def baidu_files(splits=SPLITS):
+    return [str(soccernet.baidu_path(DATA_ROOT, g, h)) for s in splits for g in GAMES[s] for h in soccernet.HALVES]
+
+
+def demo_outputs():
+    """Every file the demo generator writes under the data root."""
+    from comedian.data.demo import demo_files
+
+    demo = config["demo"]
+    files = demo_files(demo["seed"], demo["games"]["train"], demo["games"]["valid"], demo["games"]["test"])
+    return [os.path.join(DATA_ROOT, f) for f in files]
+
+
+def demo_splits_dir():
+    """The demo writes its split lists as <dir>/<split>.txt: the config must name them so."""
+    dirs = {os.path.dirname(split_list(s)) for s in ("train", "valid", "test")}
+    names = [os.path.basename(split_list(s)) for s in ("train", "valid", "test")]
+    if len(dirs) != 1 or names != ["train.txt", "valid.txt", "test.txt"]:
+        raise ValueError("config: dataset.splits: with a demo, the lists must be <dir>/{train,valid,test}.txt")
+    return dirs.pop()
+
+
+def ffmpeg_flag():
+    return f"--ffmpeg {config['extract']['ffmpeg']}" if config["extract"]["ffmpeg"] else ""
+
+
+def split_list(split):
+    return config["dataset"]["splits"][split]
+
+
+def labelled_splits():
+    return [s for s in SPLITS if s != "challenge"]
+
+
+# Rules call `python -m comedian`, which finds this checkout in any environment (--sdm conda too).
+REPO = os.path.dirname(os.path.dirname(workflow.basedir))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+COMEDIAN = "python -m comedian"
