@@ -6,6 +6,7 @@ Modules are imported only when their stage runs, so `comedian evaluate` never pa
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from comedian.errors import InputError
@@ -20,6 +21,13 @@ STAGES: dict[str, str] = {
     "evaluate": "comedian.scoring",
     "postprocess": "comedian.postprocess",
 }
+
+
+def export_checkout(repo: str) -> None:
+    """Put a checkout first on ``PYTHONPATH`` so that ``python -m comedian`` in child processes (the
+    Snakemake jobs, in whatever environment: ``--sdm conda`` too) imports this checkout's package."""
+    rest = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([repo, rest] if rest else [repo])
 
 
 def _usage() -> str:

@@ -1,7 +1,9 @@
 # Config validation and the small helpers that compute inputs. Rules hold no path arithmetic.
 import os
+import shlex
 
 from comedian import tracking
+from comedian.cli import export_checkout
 
 from comedian import config as comedian_config
 from comedian.data import soccernet
@@ -53,7 +55,22 @@ def demo_outputs():
     return [os.path.join(DATA_ROOT, f) for f in files]
 
 
-def demo_splits_dir():
+def data_root(wildcards, input=None, output=None):
+    """The data root (a params function: it is a prefix of the rule's files)."""
+    return DATA_ROOT
+
+
+def frames_dir(wildcards, input=None):
+    """Where the packed frames of every half live: results/frames/<slug>/<half>.h5."""
+    return "results/frames"
+
+
+def split_flags(wildcards, input):
+    """``--split FILE`` for each split list but the train one."""
+    return " ".join(f"--split {shlex.quote(path)}" for path in input.others)
+
+
+def splits_dir(wildcards, output):
     """The demo writes its split lists as <dir>/<split>.txt: the config must name them so."""
     dirs = {os.path.dirname(split_list(s)) for s in ("train", "valid", "test")}
     names = [os.path.basename(split_list(s)) for s in ("train", "valid", "test")]
@@ -75,6 +92,4 @@ def labelled_splits():
 
 
 # Rules call `python -m comedian`, which finds this checkout in any environment (--sdm conda too).
-REPO = os.path.dirname(os.path.dirname(workflow.basedir))
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
-COMEDIAN = "python -m comedian"
+export_checkout(os.path.dirname(workflow.basedir))

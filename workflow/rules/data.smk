@@ -8,18 +8,20 @@ if config["demo"] is not None:
             files=demo_outputs(),
             splits=[split_list(s) for s in ("train", "valid", "test")],
         params:
+            root=data_root,
+            splits_dir=splits_dir,
             seed=config["demo"]["seed"],
             games=config["demo"]["games"],
             half_duration_s=config["demo"]["half_duration_s"],
-            root=DATA_ROOT,
-            splits_dir=demo_splits_dir(),
         log:
             "logs/demo_data.log",
         benchmark:
             "benchmarks/demo_data.tsv"
+        conda:
+            "../../envs/comedian.yaml"
         shell:
-            "{COMEDIAN} demo-data --root {params.root} --splits-dir {params.splits_dir} --seed {params.seed}"
-            " --train-games {params.games[train]} --valid-games {params.games[valid]}"
+            "python -m comedian demo-data --root {params.root:q} --splits-dir {params.splits_dir:q}"
+            " --seed {params.seed} --train-games {params.games[train]} --valid-games {params.games[valid]}"
             " --test-games {params.games[test]} --half-duration {params.half_duration_s} > {log} 2>&1"
 
 
@@ -36,8 +38,10 @@ rule extract:
         "logs/extract/{game}_{half}.log",
     benchmark:
         "benchmarks/extract/{game}_{half}.tsv"
+    conda:
+        "../../envs/comedian.yaml"
     shell:
-        "{COMEDIAN} extract --video {input:q} --output {output:q} --fps {params.fps}"
+        "python -m comedian extract --video {input:q} --output {output:q} --fps {params.fps}"
         " --quality {params.quality} {params.ffmpeg} > {log:q} 2>&1"
 
 
@@ -45,13 +49,14 @@ rule pca:
     input:
         features=baidu_files(),
         frames=all_frames(),
-        splits=[split_list(s) for s in SPLITS],
+        train=split_list("train"),
+        others=[split_list(s) for s in SPLITS if s != "train"],
     output:
         "results/features/baidu_pca.h5",
     params:
-        root=DATA_ROOT,
-        train=split_list("train"),
-        others=" ".join(f"--split {split_list(s)}" for s in SPLITS if s != "train"),
+        root=data_root,
+        others=split_flags,
+        frames_dir=frames_dir,
         dims=config["pca"]["dims"],
         feature_dim=config["pca"]["feature_dim"],
         tolerance=config["pca"]["length_tolerance_s"],
@@ -61,7 +66,9 @@ rule pca:
         "logs/pca.log",
     benchmark:
         "benchmarks/pca.tsv"
+    conda:
+        "../../envs/comedian.yaml"
     shell:
-        "{COMEDIAN} pca --root {params.root:q} --train {params.train:q} {params.others} --output {output}"
-        " --dims {params.dims} --feature-dim {params.feature_dim} --frames-dir results/frames"
-        " --length-tolerance-s {params.tolerance} > {log} 2>&1"
+        "python -m comedian pca --root {params.root:q} --train {input.train:q} {params.others}"
+        " --output {output} --dims {params.dims} --feature-dim {params.feature_dim}"
+        " --frames-dir {params.frames_dir} --length-tolerance-s {params.tolerance} > {log} 2>&1"
