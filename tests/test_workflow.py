@@ -1,7 +1,12 @@
-"""The Snakemake DAG on a tiny demo config: it runs, it is incremental, config changes rerun exactly
-the rules that use them."""
+"""The Snakemake DAG on a tiny demo config: it runs, it is incremental, config and code changes rerun
+exactly the rules that use them.
 
+The workflow runs from a copy of the checkout (package + workflow) so that the tests can edit code.
+"""
+
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +16,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
 
 TINY = {
     "dataset": {
@@ -26,8 +30,15 @@ TINY = {
 
 
 def snakemake(workdir, *args, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    """Run Snakemake on ``workdir`` with the checkout copy ``workdir/checkout`` (workflow and package)."""
+    checkout = workdir / "checkout"
+    if not checkout.exists():
+        for part in ("comedian", "workflow", "envs"):
+            shutil.copytree(REPO / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
+    snakefile = checkout / "workflow" / "Snakefile"
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -86,6 +97,29 @@ def test_pca_change_reruns_only_pca_and_descendants(finished):
     assert jobs_with(pca={"dims": 8}) == {"pca": 1, "all": 1}
     assert jobs_with(extract={"fps": 2.0, "quality": 4}) == {"extract": 6, "pca": 1, "all": 1}
     assert jobs_with(tracking={"experiment": "another"}) == {}
+
+
+@pytest.mark.slow
+def test_code_change_reruns_only_the_stage_that_runs_it(finished):
+    features = finished / "checkout" / "comedian" / "data" / "features.py"
+    tracking = finished / "checkout" / "comedian" / "tracking.py"
+    original = {path: path.read_text() for path in (features, tracking)}
+
+    def jobs_after(path, new_text):
+        path.write_text(new_text)
+        try:
+            return planned_jobs(finished)
+        finally:
+            path.write_text(original[path])
+
+    code = original[features].replace("BAIDU_DIM = 8576", "BAIDU_DIM = 8576\nUNUSED = 1")
+    assert jobs_after(features, code) == {"pca": 1, "all": 1}
+    assert jobs_after(features, original[features] + "\n# a comment\n") == {}
+    assert jobs_after(tracking, original[tracking] + "\nUNUSED = 1\n") == {}  # bookkeeping
+    # Shared code reruns every stage that uses it: frames.py is imported by extract and pca.
+    frames = finished / "checkout" / "comedian" / "data" / "frames.py"
+    original[frames] = frames.read_text()
+    assert jobs_after(frames, original[frames] + "\nUNUSED = 1\n") == {"extract": 6, "pca": 1, "all": 1}
 
 
 @pytest.mark.slow

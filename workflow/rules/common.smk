@@ -3,7 +3,8 @@ import os
 import shlex
 
 from comedian import tracking
-from comedian.cli import export_checkout
+from comedian.cli import STAGES, export_checkout
+from comedian.codehash import stage_code_hash
 
 from comedian import config as comedian_config
 from comedian.data import soccernet
@@ -53,6 +54,11 @@ def demo_outputs():
     demo = config["demo"]
     files = demo_files(demo["seed"], demo["games"]["train"], demo["games"]["valid"], demo["games"]["test"])
     return [os.path.join(DATA_ROOT, f) for f in files]
+
+
+def code(stage):
+    """Hash of the code behind `comedian <stage>`: editing it reruns the rule (comedian/codehash.py)."""
+    return stage_code_hash(STAGES[stage])
 
 
 def data_root(wildcards, input=None, output=None):

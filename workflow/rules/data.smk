@@ -8,6 +8,7 @@ if config["demo"] is not None:
             files=demo_outputs(),
             splits=[split_list(s) for s in ("train", "valid", "test")],
         params:
+            code=code("demo-data"),
             root=data_root,
             splits_dir=splits_dir,
             seed=config["demo"]["seed"],
@@ -31,6 +32,7 @@ rule extract:
     output:
         "results/frames/{game}/{half}.h5",
     params:
+        code=code("extract"),
         fps=config["extract"]["fps"],
         quality=config["extract"]["quality"],
         ffmpeg=ffmpeg_flag(),
@@ -54,6 +56,7 @@ rule pca:
     output:
         "results/features/baidu_pca.h5",
     params:
+        code=code("pca"),
         root=data_root,
         others=split_flags,
         frames_dir=frames_dir,
