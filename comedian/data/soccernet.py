@@ -13,10 +13,12 @@ import json
 import re
 import warnings
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from comedian.errors import InputError
+
+if TYPE_CHECKING:  # pandas is imported where tables are built, so that light commands start fast
+    import pandas as pd
 
 #: The 17 action classes of SoccerNet-v2, in the official index order.
 SOCCERNET_V2_CLASSES: tuple[str, ...] = (
@@ -123,6 +125,8 @@ def read_labels(
     counts them. With ``half_durations`` (seconds per half), a label past the end of its half is an
     error. Raises :class:`InputError` naming the file and the entry for malformed input.
     """
+    import pandas as pd
+
     path = labels_path(root, game)
     try:
         document = json.loads(path.read_text())
@@ -178,6 +182,8 @@ def read_split_labels(
     root: str | Path, games: list[str], classes: tuple[str, ...] = SOCCERNET_V2_CLASSES
 ) -> pd.DataFrame:
     """The label tables of several games, concatenated, sorted by game, half and time."""
+    import pandas as pd
+
     tables = [read_labels(root, game, classes) for game in games]
     if not tables:
         return pd.DataFrame(columns=list(LABEL_COLUMNS))
