@@ -517,7 +517,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--games", type=Path, default=None, help="game list the file must match exactly")
     args = parser.parse_args(argv)
     games = read_game_list(args.games) if args.games is not None else None
-    written = write_results(args.scores, args.output, args.nms, args.window_s, args.threshold, args.zip, games)
+    from comedian.tracking import stage_run
+
+    params = {"scores": str(args.scores), "nms": args.nms, "window_s": args.window_s, "threshold": args.threshold}
+    with stage_run("postprocess", wildcards={"split": args.scores.stem}, params=params) as run:
+        written = write_results(args.scores, args.output, args.nms, args.window_s, args.threshold, args.zip, games)
+        run.log_metrics({"games": len(written)})
+        if args.zip:
+            run.log_artifact(args.zip)
     also = f" and {args.zip}" if args.zip else ""
     print(f"comedian postprocess: wrote {len(written)} games to {args.output}{also}")
     return 0

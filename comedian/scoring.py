@@ -686,4 +686,20 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(document, indent=2) + "\n")
     print(_summary(result, curves, classes, args.metric, len(games)))
+    _track(args, result, classes, len(games))
     return 0
+
+
+def _track(args: argparse.Namespace, result: dict, classes: tuple[str, ...], num_games: int) -> None:
+    """Log a pipeline job's result to MLflow. By hand (no pipeline run in the environment) nothing is
+    logged, so that the command stays fast (``import mlflow`` alone takes ~2 s)."""
+    from comedian import tracking
+
+    if not tracking.in_pipeline():
+        return
+    params = {"metric": args.metric, "predictions": str(args.predictions), "games": num_games}
+    with tracking.stage_run("evaluate", wildcards={"metric": args.metric}, params=params) as run:
+        run.log_metrics({key: result[key] for key in ("a_mAP", "a_mAP_visible", "a_mAP_unshown")})
+        run.log_metrics({f"AP/{name}": ap for name, ap in zip(classes, result["a_mAP_per_class"])})
+        if args.json is not None:
+            run.log_artifact(args.json)

@@ -97,6 +97,11 @@ def tracking_enabled() -> bool:
     return os.environ.get(ENV_ENABLED, "").strip().lower() not in _OFF_VALUES
 
 
+def in_pipeline() -> bool:
+    """Whether this process is a job of a pipeline invocation (a parent run id is in the environment)."""
+    return bool(os.environ.get(ENV_PARENT_RUN_ID)) and tracking_enabled()
+
+
 def resolve_uri(uri: str | None = None) -> str:
     """The tracking URI to use: ``uri``, else ``$COMEDIAN_TRACKING_URI``, ``$MLFLOW_TRACKING_URI``,
     :data:`DEFAULT_URI`. A relative sqlite path is made absolute (against the working directory), so

@@ -36,7 +36,7 @@ def snakemake(workdir, *args, check=True):
         for part in ("comedian", "workflow", "envs"):
             shutil.copytree(REPO / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
     snakefile = checkout / "workflow" / "Snakefile"
-    env = dict(os.environ, PYTHONPATH=str(checkout))
+    env = dict(os.environ, PYTHONPATH=str(checkout), COMEDIAN_TRACKING="1")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=workdir)
     if check and proc.returncode != 0:
