@@ -18,8 +18,11 @@ STAGES: dict[str, str] = {
     "extract": "comedian.data.frames",
     "pca": "comedian.data.features",
     "model-summary": "comedian.models.summary",
-    "evaluate": "comedian.scoring",
+    "predict": "comedian.inference.predict",
+    "ensemble": "comedian.inference.ensemble",
     "postprocess": "comedian.postprocess",
+    "evaluate": "comedian.scoring",
+    "report": "comedian.report",
 }
 
 

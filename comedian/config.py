@@ -23,10 +23,13 @@ def schema() -> dict[str, Any]:
 
 
 def _fill_defaults(node: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Insert the schema's ``default:`` values for absent keys, recursively through objects."""
+    """Insert the schema's ``default:`` values for absent keys, recursively through objects; an absent
+    section (an object without a default of its own) is created and filled with its defaults."""
     for key, sub in spec.get("properties", {}).items():
         if key not in node and "default" in sub:
             node[key] = yaml.safe_load(yaml.safe_dump(sub["default"]))
+        elif key not in node and sub.get("type") == "object":
+            node[key] = {}
         if isinstance(node.get(key), dict) and sub.get("type") == "object":
             _fill_defaults(node[key], sub)
 

@@ -702,11 +702,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help="x264 constant rate factor (default 28)")
     parser.add_argument("--threads", type=int, default=1, help="x264 threads (default 1)")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
-    splits = generate_demo(
-        args.root, args.splits_dir, args.seed, args.train_games, args.valid_games, args.test_games,
-        args.half_duration, args.ffmpeg, args.crf, args.threads,
-    )  # fmt: skip
-    n_games = sum(len(names) for names in splits.values())
+    from comedian.tracking import stage_run
+
+    params = {k: v for k, v in vars(args).items() if k not in {"root", "splits_dir", "ffmpeg"}}
+    with stage_run("demo-data", params=params) as run:
+        start = time.perf_counter()
+        splits = generate_demo(
+            args.root, args.splits_dir, args.seed, args.train_games, args.valid_games, args.test_games,
+            args.half_duration, args.ffmpeg, args.crf, args.threads,
+        )  # fmt: skip
+        n_games = sum(len(names) for names in splits.values())
+        run.log_metrics({"games": n_games, "seconds": time.perf_counter() - start})
     print(f"comedian demo-data: {n_games} games under {args.root} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -8,6 +8,7 @@ from comedian.codehash import stage_code_hash
 
 from comedian import config as comedian_config
 from comedian.data import soccernet
+from comedian.errors import InputError
 
 comedian_config.validate(config, "config")
 
@@ -81,7 +82,7 @@ def splits_dir(wildcards, output):
     dirs = {os.path.dirname(split_list(s)) for s in ("train", "valid", "test")}
     names = [os.path.basename(split_list(s)) for s in ("train", "valid", "test")]
     if len(dirs) != 1 or names != ["train.txt", "valid.txt", "test.txt"]:
-        raise ValueError("config: dataset.splits: with a demo, the lists must be <dir>/{train,valid,test}.txt")
+        raise InputError("config: dataset.splits: with a demo, the lists must be <dir>/{train,valid,test}.txt")
     return dirs.pop()
 
 
@@ -93,8 +94,48 @@ def split_list(split):
     return config["dataset"]["splits"][split]
 
 
-def labelled_splits():
-    return [s for s in SPLITS if s != "challenge"]
+def split_list_of(wildcards):
+    return split_list(wildcards.split)
+
+
+def split_frames(wildcards):
+    """The packed frames of every half of a split."""
+    return all_frames([wildcards.split])
+
+
+def seed_scores(wildcards):
+    """One model's raw scores per fine-tuning seed, for the ensemble."""
+    return [f"results/scores/seed{seed}/{wildcards.split}.h5" for seed in config["ensemble"]["seeds"]]
+
+
+def window_flag():
+    window = config["predict"]["window_frames"]
+    return f"--window-frames {window}" if window is not None else ""
+
+
+def class_flags():
+    return "--classes " + " ".join(shlex.quote(c) for c in config["dataset"]["classes"])
+
+
+def metric_files():
+    """results/metrics/<split>_<metric>.json for every evaluated split and metric."""
+    return [f"results/metrics/{s}_{m}.json" for s in config["evaluate"]["splits"] for m in config["evaluate"]["metrics"]]
+
+
+def metric_flags(wildcards, input):
+    return " ".join(f"--metrics {os.path.basename(p).split('_')[0]} {p}" for p in input.metrics)
+
+
+def final_targets():
+    """What `snakemake` builds by default: metrics.json and the report, and the challenge submission."""
+    targets = ["results/metrics.json"]
+    if "challenge" in SPLITS:
+        targets.append("results/submissions/challenge.zip")
+    return targets
+
+
+if config["report"]["split"] not in config["evaluate"]["splits"]:
+    raise InputError(f"config: report.split = {config['report']['split']!r} must be one of evaluate.splits")
 
 
 # Rules call `python -m comedian`, which finds this checkout in any environment (--sdm conda too).
