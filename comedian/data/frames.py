@@ -593,8 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="comedian extract",
         description="Extract a video's frames at a fixed rate into one packed HDF5 file of JPEGs.",
     )
-    parser.add_argument("--video", required=True, help="input video (e.g. <game>/1_224p.mkv)")
-    parser.add_argument("--output", required=True, help="packed frame file to write (.h5)")
+    parser.add_argument("--video", required=True, type=Path, help="input video (e.g. <game>/1_224p.mkv)")
+    parser.add_argument("--output", required=True, type=Path, help="packed frame file to write (.h5)")
     parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="frames per second (default 2)")
     parser.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
                         help=f"ffmpeg MJPEG q:v, 1 (best) .. 31 (default {DEFAULT_QUALITY})")
