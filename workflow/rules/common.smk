@@ -1,4 +1,5 @@
 # Config validation and the small helpers that compute inputs. Rules hold no path arithmetic.
+import json
 import os
 import shlex
 
@@ -124,6 +125,50 @@ def metric_files():
 
 def metric_flags(wildcards, input):
     return " ".join(f"--metrics {os.path.basename(p).split('_')[0]} {p}" for p in input.metrics)
+
+
+def section_json(name):
+    """A config section as one JSON argument: the stage reads it, and a change reruns the rule."""
+    return json.dumps(config[name], sort_keys=True)
+
+
+def classes_json():
+    return json.dumps(config["dataset"]["classes"])
+
+
+def launcher(wildcards, resources):
+    """`python -m comedian`, or torchrun with one process per GPU when the rule is given several."""
+    gpus = int(resources.get("gpu", 0) or 0)
+    if gpus > 1:
+        return f"torchrun --standalone --nproc-per-node {gpus} -m comedian"
+    return "python -m comedian"
+
+
+def loader_workers(wildcards, threads):
+    """DataLoader workers per training process: the job's cores but one (the training process's)."""
+    return max(1, threads - 1)
+
+
+def torch_threads(wildcards, threads):
+    """Intra-op threads of the training process: the job's cores left to it by the loader workers."""
+    return max(1, threads - loader_workers(wildcards, threads))
+
+
+def temporal_init(wildcards):
+    """Step 2 starts from step 1's spatial weights, or from scratch (pretrain_temporal.init)."""
+    if config["pretrain_temporal"]["init"] == "pretrain_spatial":
+        return {"init": "results/checkpoints/pretrain_spatial.pt"}
+    return {}
+
+
+def finetune_init(wildcards):
+    """Step 3 starts from step 2, from step 1 only, or from scratch (finetune.init): Table 5's rows."""
+    step = config["finetune"]["init"]
+    return {} if step == "scratch" else {"init": f"results/checkpoints/{step}.pt"}
+
+
+def init_flag(wildcards, input):
+    return f"--init {input.init}" if "init" in input.keys() else ""
 
 
 def final_targets():

@@ -1,0 +1,581 @@
+"""Training clips: which windows to read, datasets over the packed frame files, clip-consistent augmentation.
+
+Samples of the three training steps (paper Sec. 3.2-3.4, SPEC.md §3):
+
+- step 1 (MoCo): every 1-s sub-video of 2 frames of every training half, non-overlapping, from frame 0
+  (:func:`subvideo_starts`), two augmented views each (:class:`SubVideoPairs`);
+- steps 2 and 3: windows of Tg frames drawn afresh every epoch, ``windows_per_game`` per game: random
+  over the game's timeline (step 2), or spread over each half without overlap, edges included (step 3)
+  (:func:`sample_windows`, :class:`WindowClips`).
+
+Determinism. A sample is addressed by a key ``(epoch, index)`` that :class:`EpochSampler` yields (the
+DataLoader hands the key to the dataset). Everything random about a sample (its window, its
+augmentation, its token mask) is drawn from generators seeded by ``(seed, stream, epoch, index)``
+(:func:`sample_rng`), so a sample does not depend on the worker that builds it, on the number of workers,
+on the number of DDP ranks, or on what ran before: a run is reproducible and a resumed run sees exactly the
+samples of an uninterrupted one. The workers' global RNGs are seeded as well (:func:`seed_worker`).
+
+Frames are read with :class:`~comedian.data.frames.PackedFrames`, one instance per half, opened lazily in
+each worker process (HDF5 handles are never shared across a fork). A clip is uint8 (T, H, W, 3) when read
+and still uint8 (T, S, S, 3) when returned, augmented and resized: 4x less data between processes and to
+the GPU; the training step normalises it on its device with
+:func:`comedian.inference.windows.frames_to_input`, the one conversion shared with inference.
+
+Geometry: the model sees a square S x S frame. Without cropping, the whole native frame (398 x 224 for
+SoccerNet) is resized to S x S (aspect ratio not kept), as at inference. A random resized crop is drawn in
+*relative* coordinates of the frame (area fraction ``scale``, aspect ratio ``ratio`` of the relative
+width to the relative height), so that scale 1 and ratio 1 give exactly the inference view.
+
+Times are seconds at every interface; frame indices stay inside this module.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from comedian.data.frames import PackedFrames
+from comedian.data.soccernet import HALVES, game_slug
+from comedian.errors import InputError
+from comedian.models.temporal import tube_mask
+
+__all__ = [
+    "HalfVideo", "list_halves", "frames_path", "sample_rng", "seed_worker",
+    "subvideo_starts", "sample_windows", "EpochSampler", "AugmentSpec", "ClipAugment", "SubVideoPairs",
+    "WindowClips", "read_clip", "FrameStore", "decode_size",
+]
+
+#: Streams of :func:`sample_rng`, so that the draws of different purposes never share a generator.
+STREAM_WINDOWS, STREAM_AUGMENT, STREAM_MASK, STREAM_ORDER = 1, 2, 3, 4
+
+#: Side (pixels) the blur sigmas of :class:`AugmentSpec` refer to (the paper's 224-px frames).
+REFERENCE_SIDE = 224
+#: With random crops, frames are decoded at no more than this many times the model's side per dimension
+#: before cropping (see :func:`decode_size`).
+CROP_SOURCE_FACTOR = 4
+
+
+# --------------------------------------------------------------------------------------------------
+# Halves and their frame files
+
+
+@dataclass(frozen=True)
+class HalfVideo:
+    """One half's packed frame file and what the samplers need to know of it.
+
+    Attributes:
+        game: ``<league>/<season>/<game>``.
+        half: 1 or 2.
+        path: the packed frame file ``<frames_dir>/<game_slug>/<half>.h5``.
+        count: number of frames.
+        fps: frames per second (frame i is at ``i / fps`` s).
+    """
+
+    game: str
+    half: int
+    path: Path
+    count: int
+    fps: float
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds covered by the frames: ``count / fps``."""
+        return self.count / self.fps
+
+
+def frames_path(frames_dir: str | Path, game: str, half: int) -> Path:
+    """``<frames_dir>/<game_slug>/<half>.h5``, the packed frame file of a half."""
+    return Path(frames_dir) / game_slug(game) / f"{half}.h5"
+
+
+def list_halves(frames_dir: str | Path, games: Sequence[str], fps: float | None = None) -> list[HalfVideo]:
+    """The halves of ``games`` in order (game, then half 1, 2), reading each frame file's header.
+
+    Raises:
+        InputError: a frame file is missing or unreadable, or its frame rate differs from ``fps``
+            (when given) or from the other files'.
+    """
+    halves: list[HalfVideo] = []
+    for game in games:
+        for half in HALVES:
+            path = frames_path(frames_dir, game, half)
+            frames = PackedFrames(path)
+            if fps is None:
+                fps = frames.fps
+            if abs(frames.fps - fps) > 1e-9:
+                raise InputError(f"{path}: fps {frames.fps:g}, but the other frame files are at {fps:g} fps")
+            halves.append(HalfVideo(game, half, path, frames.count, frames.fps))
+    if not halves:
+        raise InputError("no games to train on: the split list is empty")
+    return halves
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeds
+
+
+def sample_rng(seed: int, stream: int, epoch: int, index: int) -> np.random.Generator:
+    """The NumPy generator of one sample's draws: a function of (seed, stream, epoch, index) only."""
+    return np.random.default_rng([int(seed), int(stream), int(epoch), int(index)])
+
+
+def torch_generator(rng: np.random.Generator) -> torch.Generator:
+    """A CPU torch generator seeded from one 63-bit draw of ``rng``."""
+    return torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed Python's and NumPy's global RNGs from the worker's torch seed.
+
+    torch seeds each worker with ``base_seed + worker_id``, ``base_seed`` drawn from the DataLoader's
+    generator (seeded by the training loop from the run's seed and rank), so these seeds are reproducible
+    too. Sample content does not use them (see the module docstring); this guards third-party code that does.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def subvideo_starts(halves: Sequence[HalfVideo], frames: int = 2) -> np.ndarray:
+    """Every non-overlapping sub-video of ``frames`` frames of every half: (N, 2) int64 (half index, start frame).
+
+    Sub-video k of half h starts at frame ``k * frames`` (time ``k * frames / fps`` s, 1 s for 2 frames at
+    2 fps); a last incomplete one is dropped.
+    """
+    rows = [np.stack([np.full(h.count // frames, i), np.arange(h.count // frames) * frames], axis=1)
+            for i, h in enumerate(halves) if h.count >= frames]
+    if not rows:
+        raise InputError(f"no half has {frames} frames")
+    return np.concatenate(rows).astype(np.int64)
+
+
+WINDOW_SAMPLINGS: tuple[str, ...] = ("random", "uniform")
+
+
+def _disjoint_starts(count: int, window_frames: int, k: int, rng: np.random.Generator) -> list[int]:
+    """``k`` start frames in a half of ``count`` frames, the authors' "uniform without overlap" rule.
+
+    With k >= 2 the first window starts at frame 0 and the second ends at the half's end (so actions at
+    the edges are seen every epoch), and the other starts are drawn from the frames at least half a
+    window away from both edges. Each further start is drawn uniformly among the candidates that keep it
+    at least a window away from every start drawn so far (edges excepted); when none is left (the half
+    cannot hold that many disjoint windows), the remaining starts are drawn uniformly among all.
+    """
+    last = max(count - window_frames, 0)
+    if k <= 1:
+        return [int(rng.integers(0, last + 1)) for _ in range(k)]
+    starts = [0, last]
+    pool = np.arange(last + 1)
+    pool = pool[(pool >= math.ceil(window_frames / 2)) & (pool <= last - window_frames // 2)]
+    for _ in range(k - 2):
+        if pool.size:
+            start = int(pool[rng.integers(0, pool.size)])
+            pool = pool[np.abs(pool - start) >= window_frames]
+        else:
+            start = int(rng.integers(0, last + 1))
+        starts.append(start)
+    return starts
+
+
+def sample_windows(halves: Sequence[HalfVideo], per_game: int, window_frames: int, seed: int,
+                   epoch: int, mode: str = "random") -> np.ndarray:
+    """Draw an epoch's windows of ``window_frames`` frames: ``per_game`` per game. Deterministic given
+    (seed, epoch).
+
+    Modes (the authors' two samplers):
+
+    - ``random``: each window is one uniform draw among all of the game's candidate windows (every start
+      frame ``s`` of each half with ``s + window_frames <= count``), so a longer half gets proportionally
+      more (step 2's random windows).
+    - ``uniform``: the game's windows are split evenly over its halves (the earlier halves take the
+      remainder), and each half's are spread by :func:`_disjoint_starts`: both edges, then windows that
+      do not overlap (step 3's "uniformly sampled" windows).
+
+    A half shorter than the window has the single start 0 (the clip is then padded, see :func:`read_clip`).
+
+    Returns:
+        (games * per_game, 2) int64: (index into ``halves``, start frame), grouped by game in ``halves``
+        order.
+    """
+    if per_game < 1:
+        raise ValueError(f"windows per game must be >= 1, got {per_game}")
+    if mode not in WINDOW_SAMPLINGS:
+        raise InputError(f"sampling: {mode!r} is not one of {list(WINDOW_SAMPLINGS)}")
+    rng = sample_rng(seed, STREAM_WINDOWS, epoch, 0)
+    by_game: dict[str, list[int]] = {}
+    for i, h in enumerate(halves):
+        by_game.setdefault(h.game, []).append(i)
+    out = []
+    for indices in by_game.values():
+        if mode == "random":
+            starts = np.array([max(halves[i].count - window_frames + 1, 1) for i in indices], dtype=np.int64)
+            ends = np.cumsum(starts)
+            flat = rng.integers(0, ends[-1], per_game)
+            which = np.searchsorted(ends, flat, side="right")
+            out.append(np.stack([np.asarray(indices)[which], flat - (ends - starts)[which]], axis=1))
+        else:
+            shares = [per_game // len(indices) + (j < per_game % len(indices)) for j in range(len(indices))]
+            for i, k in zip(indices, shares):
+                begin = _disjoint_starts(halves[i].count, window_frames, k, rng)
+                out.append(np.stack([np.full(k, i), np.asarray(begin, dtype=np.int64)], axis=1))
+    return np.concatenate(out).astype(np.int64)
+
+
+class EpochSampler(Sampler):
+    """Yields keys ``(epoch, index)`` of one rank's share of an epoch, like ``DistributedSampler``.
+
+    Each epoch the indices ``0 .. n - 1`` are shuffled by a permutation drawn from (seed, epoch) (or kept in
+    order), padded by wrapping to a multiple of ``world_size``, and rank r takes every ``world_size``-th
+    index from r on. Hence the ranks' b-th batches of B / world_size keys together hold exactly the keys of
+    the b-th batch of B of a single process. Call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+        if n < 1:
+            raise ValueError("EpochSampler needs at least one sample")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        self.n, self.seed, self.shuffle, self.rank, self.world_size = n, seed, shuffle, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = sample_rng(self.seed, STREAM_ORDER, self.epoch, 0).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        total = len(self) * self.world_size
+        order = np.resize(order, total)  # wraps around to pad
+        for index in order[self.rank :: self.world_size]:
+            yield self.epoch, int(index)
+
+
+# --------------------------------------------------------------------------------------------------
+# Augmentation
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """One distribution of clip augmentations (the defaults change nothing).
+
+    Attributes:
+        crop_scale: (min, max) area fraction of the random resized crop; (1, 1) = no crop.
+        crop_ratio: (min, max) aspect ratio of the crop, relative width over relative height, drawn
+            log-uniformly.
+        flip_p: probability of a horizontal flip.
+        jitter: colour jitter strengths (brightness, contrast, saturation, hue), as torchvision's
+            ``ColorJitter``: factors uniform in [1 - s, 1 + s] (hue: shift in [-h, h]), in random order.
+        jitter_p: probability of applying the colour jitter.
+        grayscale_p: probability of converting to grey (3 equal channels).
+        blur_p: probability of a Gaussian blur.
+        blur_sigma: (min, max) blur sigma in pixels of a :data:`REFERENCE_SIDE`-pixel frame, scaled to the
+            output side; the kernel spans +-3 sigma.
+        solarize_p: probability of solarising (values >= 128 of 255 inverted).
+    """
+
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip_p: float = 0.0
+    jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    jitter_p: float = 0.0
+    grayscale_p: float = 0.0
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None, **overrides: Any) -> AugmentSpec:
+        """Build from a config mapping (keys = field names; lists become tuples), with overrides."""
+        values = {**dict(config or {}), **overrides}
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"augment: unknown keys {unknown}; known: {sorted(names)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    @property
+    def crops(self) -> bool:
+        return tuple(self.crop_scale) != (1.0, 1.0)
+
+
+@dataclass
+class ClipParams:
+    """The augmentation drawn for one clip, applied identically to every frame of it."""
+
+    crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # top, left, height, width (fractions)
+    flip: bool = False
+    jitter: list[tuple[str, float]] = field(default_factory=list)  # (operation, factor) in order
+    grayscale: bool = False
+    blur_sigma: float = 0.0  # pixels at the output side; 0 = none
+    solarize: bool = False
+
+
+class ClipAugment:
+    """Clip-consistent augmentation: ONE draw of parameters per clip, applied to all its frames.
+
+    ``augment(frames, rng)`` takes uint8 (T, H, W, 3) frames (any native size) and returns uint8
+    (T, size, size, 3). Order: crop + resize, flip, colour jitter, grayscale, blur, solarise (as the
+    authors' pipelines); normalisation is left to the training step.
+    """
+
+    def __init__(self, spec: AugmentSpec, size: int) -> None:
+        self.spec = spec
+        self.size = size
+
+    def draw(self, rng: np.random.Generator) -> ClipParams:
+        """Draw one clip's parameters from ``rng`` (a fixed number of draws per call and spec)."""
+        s = self.spec
+        p = ClipParams()
+        if s.crops:
+            p.crop = self._draw_crop(rng)
+        p.flip = bool(rng.random() < s.flip_p)
+        if rng.random() < s.jitter_p and any(s.jitter):
+            b, c, sat, hue = s.jitter
+            factors = [("brightness", rng.uniform(max(0.0, 1 - b), 1 + b)),
+                       ("contrast", rng.uniform(max(0.0, 1 - c), 1 + c)),
+                       ("saturation", rng.uniform(max(0.0, 1 - sat), 1 + sat)),
+                       ("hue", rng.uniform(-hue, hue))]
+            strengths = dict(zip(("brightness", "contrast", "saturation", "hue"), s.jitter))
+            # an operation of strength 0 is the identity: skipped (hue costs an RGB <-> HSV round trip)
+            p.jitter = [factors[k] for k in rng.permutation(4) if strengths[factors[k][0]] > 0]
+        p.grayscale = bool(rng.random() < s.grayscale_p)
+        if rng.random() < s.blur_p:
+            p.blur_sigma = float(rng.uniform(*s.blur_sigma)) * self.size / REFERENCE_SIDE
+        p.solarize = bool(rng.random() < s.solarize_p)
+        return p
+
+    def _draw_crop(self, rng: np.random.Generator) -> tuple[float, float, float, float]:
+        """A crop (top, left, height, width) in fractions of the frame, torchvision's RandomResizedCrop rule
+        in relative coordinates: 10 tries of (scale, log-ratio), else the whole frame."""
+        lo, hi = self.spec.crop_scale
+        log_ratio = (math.log(self.spec.crop_ratio[0]), math.log(self.spec.crop_ratio[1]))
+        for _ in range(10):
+            area = rng.uniform(lo, hi)
+            ratio = math.exp(rng.uniform(*log_ratio))
+            w, h = math.sqrt(area * ratio), math.sqrt(area / ratio)
+            if w <= 1.0 and h <= 1.0:
+                return float(rng.uniform(0, 1 - h)), float(rng.uniform(0, 1 - w)), h, w
+        return 0.0, 0.0, 1.0, 1.0
+
+    def apply(self, frames: np.ndarray, p: ClipParams) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3) with the parameters ``p``."""
+        from torchvision.transforms.v2 import functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
+        height, width = x.shape[-2:]
+        top, left, h, w = p.crop
+        box = (round(top * height), round(left * width), max(1, round(h * height)), max(1, round(w * width)))
+        if box != (0, 0, height, width) or (height, width) != (self.size, self.size):
+            x = F.resized_crop(x, *box, [self.size, self.size], antialias=True)
+        if p.flip:
+            x = F.horizontal_flip(x)
+        for op, factor in p.jitter:
+            x = getattr(F, f"adjust_{op}")(x, factor)
+        if p.grayscale:
+            x = F.rgb_to_grayscale(x, num_output_channels=3)
+        if p.blur_sigma > 0:
+            kernel = 2 * math.ceil(3 * p.blur_sigma) + 1
+            x = F.gaussian_blur(x, [kernel, kernel], [p.blur_sigma, p.blur_sigma])
+        if p.solarize:
+            x = F.solarize(x, 128)
+        return x.permute(0, 2, 3, 1).contiguous()
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        return self.apply(frames, self.draw(rng))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+def decode_size(native: tuple[int, int], size: int, crops: bool) -> tuple[int, int] | None:
+    """The (height, width) to decode frames at before augmentation; None = native.
+
+    Without crops, the model's ``size x size`` directly (the decoder resizes). With crops, at most
+    :data:`CROP_SOURCE_FACTOR` x ``size`` per dimension: crops are drawn in relative coordinates, so a
+    smaller source only costs resolution where a crop is smaller than 1 / CROP_SOURCE_FACTOR of the frame
+    side; for SoccerNet (398 x 224 frames, 224-px model) this is the native size.
+    """
+    if not crops:
+        return (size, size)
+    side = CROP_SOURCE_FACTOR * size
+    height, width = native
+    if height <= side and width <= side:
+        return None
+    return (min(height, side), min(width, side))
+
+
+
+def read_clip(frames: PackedFrames, start: int, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Frames ``start .. start + count - 1`` of a half as uint8 (count, H, W, 3); frames past the end of
+    the half repeat its last frame (only for halves shorter than a window)."""
+    available = min(count, frames.count - start)
+    clip = frames.read(start, available, size=size)
+    if available < count:
+        clip = np.concatenate([clip, np.repeat(clip[-1:], count - available, axis=0)])
+    return clip
+
+
+class FrameStore:
+    """Decoded frames of the halves: one :class:`PackedFrames` per half, opened on first use in the process
+    that reads, and an optional in-memory cache of decoded frames.
+
+    The cache keeps every frame it decodes, at the size it was asked for, until ``cache_mb`` megabytes are
+    used (then it only serves what it holds): on a data set that fits (the demo), every epoch after the
+    first skips JPEG decoding; on a large one it saves a share. Each DataLoader worker has its own cache.
+
+    Args:
+        halves: the halves, indexed like the samplers' half indices.
+        cache_mb: cache budget in MB per process; 0 = no cache.
+    """
+
+    def __init__(self, halves: Sequence[HalfVideo], cache_mb: float = 0.0) -> None:
+        self.halves = list(halves)
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._open: dict[int, PackedFrames] = {}
+        self._cache: dict[tuple[int, int, tuple[int, int] | None], np.ndarray] = {}
+        self._used = 0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": {}, "_cache": {}, "_used": 0}
+
+    def file(self, index: int) -> PackedFrames:
+        if index not in self._open:
+            self._open[index] = PackedFrames(self.halves[index].path)
+        return self._open[index]
+
+    def read(self, index: int, start: int, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """uint8 (count, H, W, 3): frames ``start ..`` of half ``index``, as :func:`read_clip`."""
+        if not self.cache_bytes:
+            return read_clip(self.file(index), start, count, size)
+        frames = self.file(index)
+        stop = min(start + count, frames.count)
+        keys = [(index, f, size) for f in range(start, stop)]
+        if all(k in self._cache for k in keys):
+            clip = np.stack([self._cache[k] for k in keys])
+        else:
+            clip = frames.read(start, stop - start, size=size)
+            for k, frame in zip(keys, clip):
+                if k not in self._cache and self._used + frame.nbytes <= self.cache_bytes:
+                    self._cache[k] = frame.copy()
+                    self._used += frame.nbytes
+        if clip.shape[0] < count:
+            clip = np.concatenate([clip, np.repeat(clip[-1:], count - clip.shape[0], axis=0)])
+        return clip
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets (keys come from EpochSampler)
+
+
+class SubVideoPairs(Dataset):
+    """Step 1's samples: every 1-s sub-video of the halves, as two augmented views.
+
+    ``dataset[(epoch, index)]`` -> ``{"view1", "view2"}``: uint8 (frames, size, size, 3) each, view v
+    augmented with ``augments[v]`` (one draw per view, the same for both frames of the view).
+    """
+
+    def __init__(self, halves: Sequence[HalfVideo], augments: tuple[ClipAugment, ClipAugment], seed: int,
+                 frames: int = 2, cache_mb: float = 0.0) -> None:
+        self.files = FrameStore(halves, cache_mb)
+        self.starts = subvideo_starts(halves, frames)
+        self.augments = augments
+        self.seed, self.frames = seed, frames
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key
+        half, start = self.starts[index]
+        crops = self.augments[0].spec.crops or self.augments[1].spec.crops
+        size = decode_size(self.files.file(int(half)).size, self.augments[0].size, crops)
+        clip = self.files.read(int(half), int(start), self.frames, size)
+        rng = sample_rng(self.seed, STREAM_AUGMENT, epoch, index)
+        return {"view1": self.augments[0](clip, rng), "view2": self.augments[1](clip, rng)}
+
+
+class WindowClips(Dataset):
+    """Steps 2-3's samples: windows of ``window_frames`` frames, ``per_game`` per game, redrawn every epoch
+    (``sampling``: see :func:`sample_windows`).
+
+    ``dataset[(epoch, index)]`` -> a dict with ``clip`` uint8 (T, size, size, 3), ``mask`` bool (L,)
+    (tube mask drawn for this sample, True = masked; all False when ``mask_ratio`` is 0), ``start_s``
+    (float64, time of the first frame within the half) and ``half_index`` (int64, into ``halves``), plus
+    whatever ``extras(half, start_s, window_frames)`` returns (e.g. per-token targets or teacher rows),
+    as tensors.
+    """
+
+    def __init__(
+        self,
+        halves: Sequence[HalfVideo],
+        window_frames: int,
+        per_game: int,
+        augment: ClipAugment,
+        seed: int,
+        mask_ratio: float = 0.0,
+        mask_tube: int = 2,
+        frames_per_token: int = 2,
+        sampling: str = "random",
+        extras: Callable[[HalfVideo, float, int], Mapping[str, np.ndarray]] | None = None,
+        cache_mb: float = 0.0,
+    ) -> None:
+        if window_frames % frames_per_token:
+            raise InputError(f"window of {window_frames} frames is not a multiple of {frames_per_token} frames per token")
+        self.halves = list(halves)
+        self.files = FrameStore(halves, cache_mb)
+        self.window_frames, self.per_game = window_frames, per_game
+        self.augment, self.seed = augment, seed
+        self.mask_ratio, self.mask_tube = mask_ratio, mask_tube
+        self.tokens = window_frames // frames_per_token
+        self.extras = extras
+        self.sampling = sampling
+        self.n_games = len({h.game for h in self.halves})
+        self._epoch_windows: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.n_games * self.per_game
+
+    def windows(self, epoch: int) -> np.ndarray:
+        """The epoch's windows, (len, 2) int64 (half index, start frame): :func:`sample_windows`."""
+        if self._epoch_windows is None or self._epoch_windows[0] != epoch:
+            self._epoch_windows = (epoch, sample_windows(self.halves, self.per_game, self.window_frames,
+                                                         self.seed, epoch, self.sampling))
+        return self._epoch_windows[1]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        half_index, start = (int(v) for v in self.windows(epoch)[index])
+        half = self.halves[half_index]
+        size = decode_size(self.files.file(half_index).size, self.augment.size, self.augment.spec.crops)
+        clip = self.files.read(half_index, start, self.window_frames, size)
+        item: dict[str, Any] = {"clip": self.augment(clip, sample_rng(self.seed, STREAM_AUGMENT, epoch, index))}
+        if self.mask_ratio > 0:
+            gen = torch_generator(sample_rng(self.seed, STREAM_MASK, epoch, index))
+            item["mask"] = tube_mask(1, self.tokens, self.mask_ratio, self.mask_tube, generator=gen)[0]
+        else:
+            item["mask"] = torch.zeros(self.tokens, dtype=torch.bool)
+        start_s = start / half.fps
+        item["start_s"] = torch.tensor(start_s, dtype=torch.float64)
+        item["half_index"] = torch.tensor(half_index, dtype=torch.int64)
+        if self.extras is not None:
+            for name, value in self.extras(half, start_s, self.window_frames).items():
+                item[name] = torch.from_numpy(np.ascontiguousarray(value))
+        return item

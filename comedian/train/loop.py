@@ -1,0 +1,848 @@
+"""The one training loop of the three steps: optimiser, schedule, precision, checkpoints, resume, DDP.
+
+A step (``pretrain_spatial``, ``pretrain_temporal``, ``finetune``) supplies a :class:`StepModule` — an
+``nn.Module`` holding everything it trains and keeps (the model, its heads, an EMA target, feature queues)
+whose ``forward(batch)`` returns the loss — a dataset keyed by ``(epoch, index)``
+(:mod:`comedian.data.clips`), and a :class:`LoopConfig`. :class:`Trainer` does the rest:
+
+- **Optimiser**: AdamW, weight decay (0.05) on weights only — not on biases, norms (1-D parameters),
+  position / time embeddings, class and mask tokens (:func:`param_groups`).
+- **Schedule** (:func:`lr_multiplier`), per optimiser step: linear warm-up to the peak, then a cosine to
+  ``final_lr_ratio`` x peak. Peak lr = base lr x global batch / 256 (:func:`scaled_lr`). A step may run in
+  several :class:`Phase` s (fine-tuning: classifier alone, then the whole model), each with its own
+  optimiser, schedule and trainable parameters.
+- **Precision**: bf16 autocast on CUDA (fp16 with a gradient scaler, or fp32, on request); fp32 on CPU.
+  Gradients are clipped to a global L2 norm (1.0).
+- **Reproducibility**: Python, NumPy and torch (and CUDA) RNGs are seeded from the run's seed (the same on
+  every rank for the model's initialisation, then ``seed + rank`` for training-time randomness such as
+  drop path and mixup); DataLoader workers are seeded from the run's seed, rank and worker id; samples are
+  a function of ``(seed, epoch, index)`` alone (see :mod:`comedian.data.clips`).
+- **Checkpoints**: at the end of EVERY epoch ``<workdir>/last.pt`` is written atomically (temp file +
+  rename) by rank 0 with the step module's state (model, heads, target, queues), the optimiser, scheduler
+  and gradient-scaler states, every rank's RNG states (Python, NumPy, torch, CUDA), the epoch, the global
+  step, the best validation score and the per-epoch history.
+- **Resume**: when ``last.pt`` exists and was written by the same run configuration (same fingerprint:
+  step, configs, seed, games, initial checkpoint), training restarts after its epoch and reaches the same
+  final weights as an uninterrupted run. A ``last.pt`` of another configuration is set aside
+  (renamed ``last.pt.stale``) and training starts over.
+- **DDP**: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised (NCCL on CUDA, gloo on
+  CPU), every rank reads its share of each epoch's samples (:class:`~comedian.data.clips.EpochSampler`),
+  the trainable module is wrapped in ``DistributedDataParallel``; the global batch is split evenly over
+  the ranks; rank 0 writes the checkpoints and the output, and logs.
+- **Divergence**: a NaN or infinite loss (or gradient norm) on any rank stops every rank with
+  :class:`TrainingDiverged`, a one-line message naming the step, epoch and iteration; the last good
+  ``last.pt`` (previous epoch) stays, and no output is written.
+- **Output**: the step's checkpoint (:mod:`comedian.models.checkpoint` format) is written atomically, by
+  :meth:`StepModule.output_checkpoint`, only once training completed. With validation (fine-tuning), the
+  module's best checkpoint by validation score is kept as ``<workdir>/best.pt`` and becomes the output.
+
+Each epoch prints one progress line (loss, lr, clips/s, share of time waiting for data, ETA) and logs the
+same figures, and the validation metrics, to the MLflow run passed as ``tracker``
+(:func:`comedian.tracking.stage_run`), with ``step`` = epoch number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from comedian.data.clips import EpochSampler, seed_worker
+from comedian.errors import InputError
+from comedian.io import atomic_path
+from comedian.models.checkpoint import save_checkpoint
+
+__all__ = [
+    "Phase", "LoopConfig", "DistContext", "StepModule", "Trainer", "TrainingDiverged", "lr_multiplier",
+    "scaled_lr", "param_groups", "setup_distributed", "teardown_distributed", "seed_everything",
+    "fingerprint", "resolve_device", "STATE_FORMAT", "ModelSettings", "build_step_model", "add_common_arguments",
+    "settings_from", "maybe_stage_run", "config_params", "parse_json_arg", "apply_threads", "Prepared", "run_step",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "comedian-train-state/1"
+#: Parameter names (last component) kept out of weight decay whatever their shape.
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "time_embed", "mask_token", "relative_position_bias_table")
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+class TrainingDiverged(InputError):
+    """The loss (or the gradient norm) became NaN or infinite; the message names the step and epoch."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of epochs with one optimiser and one schedule.
+
+    Attributes:
+        name: shown in the progress line (``"train"``, ``"head"``, ``"full"``).
+        epochs: number of epochs (0 = skipped).
+        lr: base learning rate for a global batch of 256 clips (scaled, :func:`scaled_lr`).
+        warmup_epochs: linear warm-up length, in epochs (fractions allowed; counted in optimiser steps).
+        final_lr_ratio: lr at the end of the cosine, as a fraction of the peak.
+        trunk_frozen: the step module freezes its trunk in this phase (fine-tuning's classifier phase).
+    """
+
+    name: str
+    epochs: int
+    lr: float
+    warmup_epochs: float = 0.0
+    final_lr_ratio: float = 0.0
+    trunk_frozen: bool = False
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What :class:`Trainer` needs besides the module and the data.
+
+    Attributes:
+        step: the step's name (checkpoints, messages, MLflow).
+        phases: the phases, in order.
+        batch_size: GLOBAL batch (clips per optimiser step, all ranks together); split evenly over ranks.
+        weight_decay: AdamW decoupled weight decay of the weights (0.05).
+        betas: AdamW betas.
+        grad_clip: max global L2 norm of the gradients; 0 = no clipping.
+        seed: the run's seed.
+        workers: DataLoader worker processes per rank (0 = load in the training process).
+        precision: ``bf16`` / ``fp16`` autocast or ``fp32``, on CUDA; CPU always runs fp32.
+        validate_every: validate every this many epochs (and after the last); 0 = never.
+        prefetch: batches prefetched per worker.
+        fingerprint: identity of the run configuration (see :func:`fingerprint`); a ``last.pt`` with another
+            fingerprint is not resumed.
+    """
+
+    step: str
+    phases: tuple[Phase, ...]
+    batch_size: int
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    seed: int = 0
+    workers: int = 2
+    precision: str = "bf16"
+    validate_every: int = 0
+    prefetch: int = 2
+    fingerprint: str = ""
+
+    @property
+    def epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of JSON-serialisable parts (configs, seed, game lists...), to recognise a run."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Schedule and parameter groups
+
+
+def scaled_lr(base_lr: float, global_batch: int) -> float:
+    """Peak learning rate: ``base_lr x global_batch / 256`` (the linear scaling rule)."""
+    return base_lr * global_batch / 256.0
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int, final_ratio: float = 0.0) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) as a fraction of the peak.
+
+    Warm-up: ``(step + 1) / warmup_steps`` for ``step < warmup_steps`` (the first update is not at lr 0);
+    then a cosine from 1 at ``warmup_steps`` to ``final_ratio`` at ``total_steps``:
+    ``final + (1 - final) (1 + cos(pi (step - W) / (K - W))) / 2``. Steps past the end stay at ``final``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = total_steps - warmup_steps
+    if span <= 0:
+        return 1.0
+    progress = min((step - warmup_steps) / span, 1.0)
+    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups of ``module``'s trainable parameters: weights decayed; biases, norms (any parameter of
+    at most one dimension) and the names of :data:`NO_DECAY_NAMES` not."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes, devices, seeds
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: rank, world size, device. ``world_size == 1`` without torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``; CUDA picks the device of ``local_rank``."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise InputError(f"--device: {name!r} is not one of auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def setup_distributed(device: str = "auto") -> DistContext:
+    """Read torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); with more than one process,
+    initialise the default process group: NCCL for CUDA, gloo for CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistContext(rank, world_size, local_rank, dev)
+
+
+def teardown_distributed() -> None:
+    """Destroy the default process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and every CUDA device's) global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states, in types ``torch.load(weights_only=True)`` reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------------
+# What a step plugs in
+
+
+class StepModule(nn.Module):
+    """Base class of a step's training module (everything the step trains and keeps, as submodules and
+    buffers, so that ``state_dict`` is the whole training state besides the optimiser).
+
+    Subclasses implement :meth:`forward`, :meth:`output_checkpoint`, and, when needed, the hooks below.
+    ``forward`` runs inside ``DistributedDataParallel`` under DDP: only the parameters it uses may require
+    gradients (freeze the others in :meth:`start_phase`).
+    """
+
+    #: name of the validation metric that selects the best checkpoint (higher is better); None = none.
+    score_key: str | None = None
+
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One batch (tensors already on the device) -> (scalar loss, extra scalar metrics to average)."""
+        raise NotImplementedError
+
+    def start_phase(self, phase: Phase) -> None:
+        """Set ``requires_grad`` for ``phase`` (called before its optimiser is built, and on resume)."""
+
+    def train_mode(self) -> None:
+        """Put the module in training mode for an epoch (frozen parts may stay in eval mode)."""
+        self.train()
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """After each optimiser step (EMA update, queue update). ``step`` counts from 1 to ``total_steps``."""
+
+    def validate(self, epoch: int, ctx: DistContext) -> dict[str, float]:
+        """Validation metrics after ``epoch`` (1-based); called on EVERY rank (shard the work)."""
+        return {}
+
+    def best_checkpoint(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, Any]:
+        """The checkpoint to keep when ``metrics[score_key]`` is the best so far."""
+        return self.output_checkpoint()
+
+    def output_checkpoint(self) -> dict[str, Any]:
+        """The step's output checkpoint (:func:`comedian.models.make_checkpoint`) of the current weights."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Trainer:
+    """Runs a :class:`StepModule` over a keyed dataset (see the module docstring for what it guarantees).
+
+    Args:
+        config: the :class:`LoopConfig`.
+        module: the step module, on CPU or already on ``ctx.device``.
+        dataset: map-style dataset indexed by ``(epoch, index)`` keys.
+        workdir: folder for ``last.pt`` / ``best.pt`` (created); resumed from when it holds a matching
+            ``last.pt``.
+        output: the step's output checkpoint, written at the end.
+        ctx: the process's :class:`DistContext` (:func:`setup_distributed`).
+        tracker: an MLflow run (``log_metrics(dict, step=)``) on rank 0, or None.
+        print_fn: where progress lines go (rank 0 only).
+    """
+
+    def __init__(
+        self,
+        config: LoopConfig,
+        module: StepModule,
+        dataset: Dataset,
+        workdir: str | Path,
+        output: str | Path,
+        ctx: DistContext | None = None,
+        tracker: Any = None,
+        print_fn: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config
+        self.ctx = ctx or DistContext()
+        self.module = module.to(self.ctx.device)
+        self.dataset = dataset
+        self.workdir = Path(workdir)
+        self.output = Path(output)
+        self.tracker = tracker if self.ctx.is_main else None
+        self.print = print_fn if self.ctx.is_main else (lambda _: None)
+        if config.precision not in PRECISIONS:
+            raise InputError(f"precision: {config.precision!r} is not one of {list(PRECISIONS)}")
+        if config.batch_size % self.ctx.world_size:
+            raise InputError(f"batch_size: the global batch {config.batch_size} does not split evenly over "
+                             f"{self.ctx.world_size} processes")
+        self.local_batch = config.batch_size // self.ctx.world_size
+        if not any(p.epochs > 0 for p in config.phases):
+            raise InputError(f"{config.step}: no epochs to train (every phase has 0 epochs)")
+        self.sampler = EpochSampler(len(dataset), config.seed, True, self.ctx.rank, self.ctx.world_size)
+        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        if self.steps_per_epoch < 1:
+            raise InputError(
+                f"{config.step}: an epoch has {len(dataset)} samples, fewer than one batch of {config.batch_size}; "
+                "lower batch_size or add data"
+            )
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.loader = self._loader()
+        cuda = self.ctx.device.type == "cuda"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision) if cuda else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.wrapped: nn.Module = self.module
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.phase_index = -1
+        self.epoch = 0  # completed epochs
+        self.global_step = 0
+        self.best: dict[str, Any] = {"score": None, "epoch": None}
+        self.history: list[dict[str, float]] = []
+
+    # -- paths --------------------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.workdir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.workdir / "best.pt"
+
+    # -- building blocks ----------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        workers = max(0, self.config.workers)
+        generator = torch.Generator().manual_seed(self.config.seed * 1009 + self.ctx.rank)
+        return DataLoader(
+            self.dataset, batch_size=self.local_batch, sampler=self.sampler, num_workers=workers,
+            pin_memory=self.ctx.device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
+            worker_init_fn=seed_worker if workers > 0 else None, generator=generator,
+            prefetch_factor=self.config.prefetch if workers > 0 else None,
+        )
+
+    def _phase_of(self, epoch: int) -> int:
+        """Index of the phase that epoch ``epoch`` (0-based) belongs to."""
+        end = 0
+        for i, phase in enumerate(self.config.phases):
+            end += phase.epochs
+            if epoch < end:
+                return i
+        raise IndexError(epoch)
+
+    def _phase_start(self, index: int) -> int:
+        return sum(p.epochs for p in self.config.phases[:index])
+
+    def _enter_phase(self, index: int) -> None:
+        """Freeze/unfreeze for the phase, (re)wrap in DDP, build its optimiser and schedule."""
+        phase = self.config.phases[index]
+        self.phase_index = index
+        self.module.start_phase(phase)
+        if self.ctx.distributed:
+            self.wrapped = None  # drop the previous reducer (and its hooks) before building a new one
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids,
+                                                               broadcast_buffers=False)
+        else:
+            self.wrapped = self.module
+        groups = param_groups(self.module, self.config.weight_decay)
+        peak = scaled_lr(phase.lr, self.config.batch_size)
+        # fused: one kernel for all parameters, on CPU too (the per-parameter default costs more than
+        # the demo model's forward pass on CPU).
+        self.optimizer = torch.optim.AdamW(groups, lr=peak, betas=self.config.betas, fused=True)
+        total = phase.epochs * self.steps_per_epoch
+        warmup = int(round(phase.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_multiplier(s, total, warmup, phase.final_lr_ratio))
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def _reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.ctx.distributed:
+            values = values.clone()
+            dist.all_reduce(values)
+            values /= self.ctx.world_size
+        return values
+
+    def _barrier(self) -> None:
+        if self.ctx.distributed:
+            dist.barrier()
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        state = rng_state()
+        if not self.ctx.distributed:
+            return [state]
+        states: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(states, state)
+        return states
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state written to ``last.pt`` (see the module docstring)."""
+        return {
+            "format": STATE_FORMAT,
+            "step": self.config.step,
+            "fingerprint": self.config.fingerprint,
+            "arch": getattr(getattr(self.module, "model", None), "arch", None),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "phase": self.phase_index,
+            "world_size": self.ctx.world_size,
+            "module": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
+            if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": self._gather_rng(),
+            "best": dict(self.best),
+            "history": list(self.history),
+        }
+
+    def _save_last(self) -> None:
+        state = self.state_dict()  # every rank takes part (RNG gather)
+        if self.ctx.is_main:
+            with atomic_path(self.last_path) as tmp:
+                torch.save(state, tmp)
+        self._barrier()
+
+    def _read_last(self) -> dict[str, Any] | None:
+        """``last.pt`` when it exists and belongs to this run configuration, else None (set aside)."""
+        if not self.last_path.is_file():
+            return None
+        try:
+            state = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a corrupt file is set aside, not fatal
+            reason = f"unreadable ({type(err).__name__}: {err})"
+            state = None
+        else:
+            reason = None
+            if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+                reason = "not a training state"
+            elif state.get("step") != self.config.step:
+                reason = f"written by step {state.get('step')!r}"
+            elif state.get("fingerprint") != self.config.fingerprint:
+                reason = "written by another configuration (model, step settings, seed, games or init)"
+        if reason is None:
+            return state
+        self._barrier()  # every rank has read it before rank 0 moves it
+        if self.ctx.is_main:
+            stale = self.last_path.with_name(self.last_path.name + ".stale")
+            os.replace(self.last_path, stale)
+            self.print(f"{self.config.step}: {self.last_path} is {reason}; moved to {stale.name}, starting over")
+            self.best_path.unlink(missing_ok=True)
+        self._barrier()
+        return None
+
+    def _resume(self, state: Mapping[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.best, self.history = dict(state["best"]), list(state["history"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.epoch < self.config.epochs:
+            index = self._phase_of(self.epoch)
+            self._enter_phase(index)
+            if int(state["phase"]) == index and state["optimizer"] is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
+                scheduler = dict(state["scheduler"])
+                scheduler["lr_lambdas"] = [None] * len(self.optimizer.param_groups)
+                self.scheduler.load_state_dict(scheduler)
+        rng = state["rng"]
+        if len(rng) == self.ctx.world_size:
+            set_rng_state(rng[self.ctx.rank])
+        else:
+            log.warning("resumed with %d processes instead of %d: RNGs reseeded", self.ctx.world_size, len(rng))
+            seed_everything(self.config.seed + 7919 * self.epoch + self.ctx.rank)
+        self.print(f"{self.config.step}: resumed from {self.last_path} after epoch {self.epoch}/{self.config.epochs}")
+
+    # -- one epoch ----------------------------------------------------------------------------------
+    def _diverged(self, what: str, value: float, iteration: int) -> TrainingDiverged:
+        kept = (f"the last good checkpoint {self.last_path} (epoch {self.epoch}) is kept"
+                if self.last_path.is_file() else "no checkpoint was written yet")
+        return TrainingDiverged(
+            f"{self.config.step}: {what} is {value} at epoch {self.epoch + 1}/{self.config.epochs}, iteration "
+            f"{iteration}/{self.steps_per_epoch} (global step {self.global_step + 1}); training stopped and "
+            f"{kept}; lower the learning rate or check the inputs"
+        )
+
+    def _train_epoch(self) -> dict[str, float]:
+        cfg, module = self.config, self.module
+        self.sampler.set_epoch(self.epoch)
+        module.train_mode()
+        params = [p for p in module.parameters() if p.requires_grad]
+        sums: dict[str, torch.Tensor] = {}
+        wait = 0.0
+        start = time.perf_counter()
+        batches = iter(self.loader)
+        for i in range(1, self.steps_per_epoch + 1):
+            t0 = time.perf_counter()
+            batch = _to_device(next(batches), self.ctx.device)
+            wait += time.perf_counter() - t0
+            lr = self.optimizer.param_groups[0]["lr"]
+            with self._autocast():
+                loss, metrics = self.wrapped(batch)
+            flag = self._reduce_mean(torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()]))
+            if flag[1] > 0 or not torch.isfinite(flag[0]):
+                raise self._diverged("the loss", float(loss.detach()), i)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            grad_norm = torch.zeros((), device=self.ctx.device)
+            if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+                if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):
+                    raise self._diverged("the gradient norm", float(grad_norm), i)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.global_step += 1
+            module.after_step(self.global_step, self.total_steps)
+            for name, value in {"loss": flag[0], "grad_norm": grad_norm, "lr": torch.tensor(lr), **metrics}.items():
+                value = value.detach().float().to(self.ctx.device)
+                sums[name] = sums[name] + value if name in sums else value
+        del batches
+        seconds = time.perf_counter() - start
+        names = sorted(sums)
+        means = self._reduce_mean(torch.stack([sums[n] for n in names]) / self.steps_per_epoch).tolist()
+        out = dict(zip(names, means))
+        out["lr_end"] = self.optimizer.param_groups[0]["lr"]
+        out["epoch_s"] = seconds
+        out["clips_per_s"] = self.steps_per_epoch * cfg.batch_size / seconds
+        out["data_wait"] = wait / seconds
+        return out
+
+    # -- the run ------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train (or resume) to the end, write the output checkpoint; return a summary."""
+        cfg = self.config
+        if self.ctx.is_main:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        self._barrier()
+        state = self._read_last()
+        if state is not None:
+            self._resume(state)
+            del state
+        else:
+            if self.ctx.is_main:
+                self.best_path.unlink(missing_ok=True)  # a best.pt without last.pt is of an older run
+            seed_everything(cfg.seed + self.ctx.rank)  # training-time randomness, distinct per rank
+        run_start, trained = time.perf_counter(), 0
+        while self.epoch < cfg.epochs:
+            index = self._phase_of(self.epoch)
+            if index != self.phase_index:
+                self._enter_phase(index)
+            metrics = self._train_epoch()
+            self.epoch += 1
+            trained += 1
+            if cfg.validate_every > 0 and (self.epoch % cfg.validate_every == 0 or self.epoch == cfg.epochs):
+                metrics.update(self._validate())
+            self.history.append({"epoch": self.epoch, **metrics})
+            self._save_last()
+            elapsed = time.perf_counter() - run_start
+            eta = elapsed / trained * (cfg.epochs - self.epoch)
+            self._report(metrics, eta)
+        self._write_output()
+        return {"epochs": self.epoch, "best": dict(self.best), "history": self.history}
+
+    def _validate(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        metrics = dict(self.module.validate(self.epoch, self.ctx))
+        metrics["valid_s"] = time.perf_counter() - t0
+        key = self.module.score_key
+        if key is not None and key in metrics:
+            score = float(metrics[key])
+            if self.best["score"] is None or score > self.best["score"]:
+                self.best = {"score": score, "epoch": self.epoch}
+                if self.ctx.is_main:
+                    save_checkpoint(self.best_path, self.module.best_checkpoint(self.epoch, metrics))
+            metrics["best_" + key] = float(self.best["score"])
+        self._barrier()
+        return metrics
+
+    def _report(self, metrics: Mapping[str, float], eta: float) -> None:
+        phase = self.config.phases[self.phase_index]
+        extras = "".join(f" {k} {v:.4f}" for k, v in metrics.items() if k.startswith("valid_") and k.endswith("_amap"))
+        self.print(
+            f"{self.config.step} epoch {self.epoch}/{self.config.epochs} [{phase.name}] loss {metrics['loss']:.4f} "
+            f"lr {metrics['lr']:.2e} clips/s {metrics['clips_per_s']:.1f} data-wait {100 * metrics['data_wait']:.0f}% "
+            f"epoch {metrics['epoch_s']:.1f}s{extras} ETA {_duration(eta)}"
+        )
+        sys.stdout.flush()
+        if self.tracker is not None:
+            self.tracker.log_metrics(dict(metrics), step=self.epoch)
+
+    def _write_output(self) -> None:
+        if self.ctx.is_main:
+            if self.best_path.is_file() and self.module.score_key is not None:
+                checkpoint = torch.load(self.best_path, map_location="cpu", weights_only=True)
+            else:
+                checkpoint = self.module.output_checkpoint()
+            checkpoint.setdefault("extra", {})["training"] = {
+                "epochs": self.epoch, "best": dict(self.best), "history": self.history,
+            }
+            save_checkpoint(self.output, checkpoint)
+            if self.tracker is not None:
+                if self.best["score"] is not None:
+                    self.tracker.log_metrics({f"best_{self.module.score_key}": self.best["score"],
+                                              "best_epoch": self.best["epoch"]})
+            self.print(f"{self.config.step}: wrote {self.output}")
+        self._barrier()
+
+
+@contextmanager
+def maybe_stage_run(ctx: DistContext, stage: str, params: Mapping[str, Any]) -> Iterator[Any]:
+    """:func:`comedian.tracking.stage_run` on rank 0; nothing on the other ranks."""
+    if not ctx.is_main:
+        yield None
+        return
+    from comedian.tracking import stage_run
+
+    with stage_run(stage, params=params) as run:
+        yield run
+
+
+def config_params(**sections: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """Sections (dicts or dataclasses) -> one flat dict for MLflow params (``section.key``)."""
+    out: dict[str, Any] = {}
+    for name, value in sections.items():
+        if hasattr(value, "__dataclass_fields__"):
+            value = asdict(value)
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                out[f"{name}.{k}"] = json.dumps(v) if isinstance(v, (list, dict, tuple)) else v
+        else:
+            out[name] = value
+    return out
+
+
+def parse_json_arg(text: str, flag: str) -> Any:
+    """A JSON command-line value (``--model``, ``--step``, ``--classes``), or InputError naming the flag."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{flag}: not valid JSON ({err.msg} at char {err.pos})") from None
+
+
+def settings_from(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
+    """Build the dataclass ``cls`` from a config mapping: unknown keys are an InputError naming ``where``,
+    JSON lists become tuples, absent keys take the dataclass defaults."""
+    values = dict(values or {})
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise InputError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+# --------------------------------------------------------------------------------------------------
+# The model section and the command line shared by the three steps
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The config's ``model`` section (``--model`` JSON); see :func:`comedian.models.build_model`.
+
+    Attributes:
+        arch: architecture name (``comedian.models.ARCHS``).
+        frames: Tg, frames per clip of steps 2-3 and of inference windows (2 per token).
+        size: frame side in pixels fed to the model; None = the architecture's (224, demos 64).
+        temporal_depth: temporal transformer blocks.
+        drop_path: stochastic depth rate of both transformers.
+        fused_attn: attention through SDPA.
+        checkpoint_activations: recompute the spatial blocks in the backward pass (saves memory).
+        compile: ``torch.compile`` the spatial and temporal transformers (in place: names unchanged).
+    """
+
+    arch: str = "vivit_tiny"
+    frames: int = 64
+    size: int | None = None
+    temporal_depth: int = 4
+    drop_path: float = 0.1
+    fused_attn: bool = True
+    checkpoint_activations: bool = False
+    compile: bool = False
+
+
+def build_step_model(settings: ModelSettings, classes: int) -> Any:
+    """The :class:`~comedian.models.SpottingTransformer` of ``settings`` with ``classes`` outputs."""
+    from comedian.models import build_model
+
+    return build_model(settings.arch, frames=settings.frames, size=settings.size, classes=classes,
+                       temporal_depth=settings.temporal_depth, drop_path=settings.drop_path,
+                       fused_attn=settings.fused_attn, checkpoint_activations=settings.checkpoint_activations)
+
+
+def maybe_compile(model: Any, settings: ModelSettings) -> None:
+    """Compile the model's spatial and temporal transformers in place when ``settings.compile``."""
+    if settings.compile:
+        model.spatial.compile()
+        model.temporal.compile()
+
+
+def add_common_arguments(parser: Any) -> None:
+    """The flags of every training step (see each step's ``main``)."""
+    parser.add_argument("--root", required=True, type=Path, help="SoccerNet-v2 data root (labels)")
+    parser.add_argument("--frames-dir", required=True, type=Path, help="packed frames: <dir>/<game_slug>/<half>.h5")
+    parser.add_argument("--train-list", required=True, type=Path, help="split list of the training games")
+    parser.add_argument("--model", required=True, help="the config's model section, as JSON")
+    parser.add_argument("--step", required=True, help="the config's section of this step, as JSON")
+    parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    parser.add_argument("--workdir", required=True, type=Path,
+                        help="folder of the per-epoch checkpoint last.pt (resumed from when present)")
+    parser.add_argument("--output", required=True, type=Path, help="output checkpoint, written when training ends")
+    parser.add_argument("--init", type=Path, default=None, help="checkpoint of the previous step to start from")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per process (default 2)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads of each training process (0 = torch's default)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def apply_threads(threads: int) -> None:
+    """``torch.set_num_threads(threads)`` when ``threads`` > 0."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class Prepared:
+    """What a step's ``prepare(args, ctx)`` builds for :func:`run_step`."""
+
+    loop: LoopConfig
+    module: StepModule
+    dataset: Dataset
+    params: dict[str, Any]
+
+
+def run_step(stage: str, args: Any, prepare: Callable[[Any, DistContext], Prepared]) -> int:
+    """The body of every step's ``main``: threads, process group, seeds (the same initial weights on every
+    rank), ``prepare``, an MLflow child run (rank 0), :meth:`Trainer.fit`, teardown."""
+    apply_threads(args.threads)
+    ctx = setup_distributed(args.device)
+    try:
+        seed_everything(args.seed)
+        prepared = prepare(args, ctx)
+        with maybe_stage_run(ctx, stage, prepared.params) as run:
+            trainer = Trainer(prepared.loop, prepared.module, prepared.dataset, args.workdir, args.output, ctx, run,
+                              print_fn=(lambda _: None) if args.quiet else print)
+            summary = trainer.fit()
+            if run is not None:
+                run.log_dict(summary["history"], "history.json")
+    finally:
+        teardown_distributed()
+    return 0
+
+
+def file_identity(path: Path | None) -> list[Any] | None:
+    """(name, size, mtime) of a file, for run fingerprints (an --init checkpoint rewritten = a new run)."""
+    if path is None:
+        return None
+    stat = Path(path).stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]

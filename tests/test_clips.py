@@ -1,0 +1,302 @@
+"""Training clips: window sampling, keyed determinism, DDP sharding, clip-consistent augmentation, reading."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from comedian.data.clips import (
+    AugmentSpec,
+    ClipAugment,
+    ClipParams,
+    EpochSampler,
+    FrameStore,
+    HalfVideo,
+    SubVideoPairs,
+    WindowClips,
+    decode_size,
+    list_halves,
+    sample_windows,
+    subvideo_starts,
+)
+from comedian.data.frames import FORMAT
+from comedian.data.soccernet import game_slug
+from comedian.data.targets import token_targets
+from comedian.errors import InputError
+from comedian.train.finetune import SpotTargets
+
+GAMES = ["lg/2020-2021/2020-09-01 - 20-00 A 1 - 0 B", "lg/2020-2021/2020-09-02 - 20-00 C 2 - 2 D"]
+COUNTS = {(0, 1): 40, (0, 2): 33, (1, 1): 36, (1, 2): 12}  # frames per half; the last is shorter than a window
+
+
+def write_packed(path: Path, frames: np.ndarray, fps: float = 2.0) -> None:
+    """A packed frame file (comedian.data.frames layout) of uint8 (N, H, W, 3) frames, JPEG quality 95."""
+    blobs = []
+    for frame in frames:
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=95)
+        blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
+    offsets = np.concatenate([[0], np.cumsum([b.size for b in blobs])]).astype(np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("jpeg", data=np.concatenate(blobs))
+        h5.create_dataset("offsets", data=offsets)
+        h5.attrs.update(format=FORMAT, fps=fps, count=len(frames), duration_s=len(frames) / fps,
+                        width=frames.shape[2], height=frames.shape[1], source="synthetic.mkv", quality=2)
+        h5.attrs["complete"] = True
+
+
+def index_frames(count: int, height: int = 24, width: int = 40) -> np.ndarray:
+    """Frames whose flat grey level is 6 x index (survives JPEG and resizing within a few levels)."""
+    return np.repeat((6 * np.arange(count, dtype=np.uint8))[:, None, None, None], height * width * 3).reshape(
+        count, height, width, 3)
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("clips")
+    for (g, h), n in COUNTS.items():
+        write_packed(root / game_slug(GAMES[g]) / f"{h}.h5", index_frames(n))
+    return root
+
+
+@pytest.fixture(scope="module")
+def halves(frames_dir) -> list[HalfVideo]:
+    return list_halves(frames_dir, GAMES)
+
+
+def _level(clip: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The frame index each frame of a uint8 (T, H, W, 3) clip shows."""
+    return np.round(np.asarray(clip, dtype=np.float64).mean(axis=(1, 2, 3)) / 6).astype(int)
+
+
+# --------------------------------------------------------------------------------------------------
+# Halves and reading
+
+
+def test_list_halves_reads_headers_and_names_missing_files(frames_dir, halves, tmp_path):
+    assert [(h.game, h.half, h.count) for h in halves] == [(GAMES[g], s, n) for (g, s), n in COUNTS.items()]
+    assert halves[0].duration_s == pytest.approx(20.0)
+    with pytest.raises(InputError, match="not found"):
+        list_halves(tmp_path, GAMES[:1])
+
+
+@pytest.mark.parametrize("cache_mb", [0, 1])
+def test_frame_store_reads_ranges_and_pads_short_halves(halves, cache_mb):
+    store = FrameStore(halves, cache_mb)
+    for _ in range(2):  # the second pass is served from the cache when there is one
+        assert _level(store.read(0, 5, 4)).tolist() == [5, 6, 7, 8]
+        assert _level(store.read(3, 4, 16, (8, 8))).tolist() == list(range(4, 12)) + [11] * 8
+    assert bool(store._cache) == bool(cache_mb)
+
+
+def test_decode_size_keeps_enough_pixels_for_crops():
+    assert decode_size((224, 398), 64, crops=False) == (64, 64)
+    assert decode_size((224, 398), 224, crops=True) is None  # SoccerNet: native frames
+    assert decode_size((224, 398), 32, crops=True) == (128, 128)
+    assert decode_size((224, 398), 64, crops=True) == (224, 256)
+
+
+def test_subvideos_are_every_second_of_every_half(halves):
+    starts = subvideo_starts(halves, 2)
+    assert len(starts) == sum(n // 2 for n in COUNTS.values())
+    first = starts[starts[:, 0] == 0, 1]
+    assert first.tolist() == list(range(0, 40, 2))
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling
+
+
+@pytest.mark.parametrize("mode", ["random", "uniform"])
+def test_windows_are_deterministic_given_seed_and_epoch(halves, mode):
+    a = sample_windows(halves, 6, 16, seed=3, epoch=2, mode=mode)
+    assert np.array_equal(a, sample_windows(halves, 6, 16, seed=3, epoch=2, mode=mode))
+    assert not np.array_equal(a, sample_windows(halves, 6, 16, seed=3, epoch=3, mode=mode))
+    assert not np.array_equal(a, sample_windows(halves, 6, 16, seed=4, epoch=2, mode=mode))
+    assert a.shape == (12, 2)
+    for half, start in a:  # windows lie inside their half (start 0 for a half shorter than the window)
+        assert 0 <= start <= max(halves[half].count - 16, 0)
+    games = [halves[h].game for h in a[:, 0]]
+    assert games == [GAMES[0]] * 6 + [GAMES[1]] * 6
+
+
+def test_uniform_windows_take_both_edges_and_do_not_overlap():
+    half = [HalfVideo("g", 1, Path("x"), 400, 2.0)]
+    for epoch in range(5):
+        starts = np.sort(sample_windows(half, 5, 64, seed=0, epoch=epoch, mode="uniform")[:, 1])
+        assert starts[0] == 0 and starts[-1] == 400 - 64
+        assert np.all(np.diff(starts[1:-1]) >= 64)  # the inner windows are disjoint
+        assert np.all((starts[1:-1] >= 32) & (starts[1:-1] <= 400 - 64 - 32))  # half a window from the edges
+
+
+def test_uniform_windows_overlap_only_when_they_must():
+    half = [HalfVideo("g", 1, Path("x"), 100, 2.0)]
+    starts = sample_windows(half, 10, 64, seed=0, epoch=0, mode="uniform")[:, 1]
+    assert len(starts) == 10 and starts.min() >= 0 and starts.max() <= 36
+
+
+def test_random_windows_cover_the_timeline_uniformly():
+    halves = [HalfVideo("g", 1, Path("x"), 300, 2.0), HalfVideo("g", 2, Path("y"), 100, 2.0)]
+    w = np.concatenate([sample_windows(halves, 200, 20, seed=0, epoch=e) for e in range(20)])
+    share_first = np.mean(w[:, 0] == 0)
+    assert share_first == pytest.approx(281 / (281 + 81), abs=0.03)  # proportional to the valid starts
+
+
+def test_epoch_sampler_is_deterministic_and_shards_like_one_process():
+    single = EpochSampler(12, seed=5)
+    single.set_epoch(4)
+    keys = list(single)
+    assert keys == list(single) and sorted(i for _, i in keys) == list(range(12))
+    assert all(e == 4 for e, _ in keys)
+    single.set_epoch(5)
+    assert [i for _, i in single] != [i for _, i in keys]
+    ranks = [EpochSampler(12, seed=5, rank=r, world_size=2) for r in range(2)]
+    for r in ranks:
+        r.set_epoch(4)
+    shards = [list(r) for r in ranks]
+    # batch b of 2 per rank holds the keys of batch b of 4 of the single process
+    for b in range(3):
+        together = sorted(shards[0][2 * b : 2 * b + 2] + shards[1][2 * b : 2 * b + 2])
+        assert together == sorted(keys[4 * b : 4 * b + 4])
+
+
+def test_epoch_sampler_pads_to_a_multiple_of_the_world_size():
+    ranks = [EpochSampler(5, seed=0, rank=r, world_size=2) for r in range(2)]
+    shards = [list(r) for r in ranks]
+    assert len(shards[0]) == len(shards[1]) == 3
+    assert {i for s in shards for _, i in s} == set(range(5))
+
+
+# --------------------------------------------------------------------------------------------------
+# Augmentation
+
+
+def _strong(**overrides) -> AugmentSpec:
+    values = dict(crop_scale=(0.3, 1.0), flip_p=0.5, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=1.0, grayscale_p=0.3,
+                  blur_p=0.5, solarize_p=0.5)
+    return AugmentSpec(**{**values, **overrides})
+
+
+def test_augmentation_is_clip_consistent():
+    """The same draw for every frame: augmenting a clip = augmenting each frame alone with its parameters."""
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, size=(6, 24, 40, 3), dtype=np.uint8)
+    augment = ClipAugment(_strong(), 16)
+    for k in range(10):
+        params = augment.draw(np.random.default_rng(k))
+        whole = augment.apply(clip, params)
+        assert whole.shape == (6, 16, 16, 3) and whole.dtype == torch.uint8
+        for t in range(6):
+            assert torch.equal(whole[t], augment.apply(clip[t : t + 1], params)[0])
+    # identical frames stay identical
+    same = np.repeat(clip[:1], 4, axis=0)
+    out = augment(same, np.random.default_rng(1))
+    assert all(torch.equal(out[0], out[t]) for t in range(4))
+
+
+def test_augmentation_draws_are_reproducible_and_vary():
+    augment = ClipAugment(_strong(), 16)
+    a = augment.draw(np.random.default_rng([1, 2, 3]))
+    assert a == augment.draw(np.random.default_rng([1, 2, 3]))
+    draws = [augment.draw(np.random.default_rng(k)) for k in range(40)]
+    assert len({d.flip for d in draws}) == 2 and len({d.crop for d in draws}) == 40
+    assert all(0.3 - 1e-9 <= d.crop[2] * d.crop[3] <= 1.0 + 1e-9 for d in draws)  # area fraction in range
+
+
+def test_no_augmentation_is_a_plain_resize():
+    clip = index_frames(3)
+    out = ClipAugment(AugmentSpec(), 8).apply(clip, ClipParams())
+    assert out.shape == (3, 8, 8, 3) and _level(out).tolist() == [0, 1, 2]
+
+
+def test_zero_strength_jitter_is_skipped():
+    augment = ClipAugment(AugmentSpec(jitter=(0.4, 0.0, 0.0, 0.0), jitter_p=1.0), 8)
+    assert [op for op, _ in augment.draw(np.random.default_rng(0)).jitter] == ["brightness"]
+
+
+def test_augment_spec_rejects_unknown_keys():
+    with pytest.raises(InputError, match="unknown keys"):
+        AugmentSpec.from_config({"flip": 0.5})
+    assert AugmentSpec.from_config({"crop_scale": [0.5, 1.0]}).crop_scale == (0.5, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets
+
+
+LABELS = pd.DataFrame({
+    "game": [GAMES[0], GAMES[0], GAMES[1]], "half": [1, 1, 1], "time_s": [5.3, 5.9, 12.0],
+    "class_index": [2, 2, 0], "visibility": ["visible"] * 3,
+})
+
+
+def test_window_clips_deliver_frames_labels_and_masks(halves):
+    targets = SpotTargets(LABELS, 3, radius_s=0.5)
+    data = WindowClips(halves, 16, 4, ClipAugment(AugmentSpec(), 8), seed=1, mask_ratio=0.5, extras=targets)
+    windows = data.windows(0)
+    for index in range(len(data)):
+        item = data[(0, index)]
+        half, start = windows[index]
+        assert item["clip"].shape == (16, 8, 8, 3)
+        expected = [min(start + j, halves[half].count - 1) for j in range(16)]
+        assert _level(item["clip"]).tolist() == expected
+        assert item["mask"].shape == (8,) and int(item["mask"].sum()) == 4
+        assert float(item["start_s"]) == start / 2.0
+        h = halves[half]
+        rows = LABELS[(LABELS.game == h.game) & (LABELS.half == h.half)]
+        want = token_targets(rows.time_s.to_numpy(), rows.class_index.to_numpy(), start / 2.0, 16, 3)
+        assert np.array_equal(item["targets"].numpy(), want)
+
+
+def test_label_window_of_two_actions_in_one_token(halves):
+    """Class 2 at 5.3 s and 5.9 s: frames 10-12 (5.0, 5.5, 6.0 s) and 11-13 are positive (radius 0.5 s)."""
+    targets = SpotTargets(LABELS, 3, radius_s=0.5)(halves[0], 4.0, 8)["targets"]
+    assert targets[:, 2].tolist() == [0, 1, 1, 0]  # tokens at 4-5 s, 5-6 s, 6-7 s, 7-8 s
+    assert not targets[:, [0, 1]].any()
+
+
+def test_samples_do_not_depend_on_workers_or_instances(halves):
+    """The same key gives the same sample in a fresh dataset, in 0 or 2 DataLoader workers."""
+    def make():
+        return WindowClips(halves, 16, 4, ClipAugment(_strong(), 8), seed=7, mask_ratio=0.25,
+                           extras=SpotTargets(LABELS, 3, 0.5))
+
+    keys = [(1, i) for i in range(8)]
+    direct = [make()[k] for k in keys]
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(make(), batch_size=4, sampler=keys, num_workers=workers)
+        batches = list(loader)
+        for b, batch in enumerate(batches):
+            for j in range(4):
+                want = direct[4 * b + j]
+                assert torch.equal(batch["clip"][j], want["clip"])
+                assert torch.equal(batch["mask"][j], want["mask"])
+                assert torch.equal(batch["targets"][j], want["targets"])
+
+
+def test_subvideo_pairs_are_reproducible_views_of_one_second(halves):
+    augments = (ClipAugment(_strong(blur_p=1.0, solarize_p=0.0), 8), ClipAugment(_strong(blur_p=0.1), 8))
+    data = SubVideoPairs(halves, augments, seed=0)
+    item = data[(0, 3)]  # half 0, frames 6 and 7
+    assert item["view1"].shape == item["view2"].shape == (2, 8, 8, 3)
+    again = SubVideoPairs(halves, augments, seed=0)[(0, 3)]
+    assert torch.equal(item["view1"], again["view1"]) and torch.equal(item["view2"], again["view2"])
+    other_epoch = data[(1, 3)]
+    assert not torch.equal(item["view1"], other_epoch["view1"])
+    plain = SubVideoPairs(halves, (ClipAugment(AugmentSpec(), 8),) * 2, seed=0)[(0, 3)]
+    assert _level(plain["view1"]).tolist() == [6, 7]
+
+
+def test_two_views_of_one_clip_differ():
+    clip = np.random.default_rng(0).integers(0, 256, size=(2, 24, 40, 3), dtype=np.uint8)
+    augment = ClipAugment(_strong(), 8)
+    rng = np.random.default_rng(3)
+    assert not torch.equal(augment(clip, rng), augment(clip, rng))

@@ -1,0 +1,396 @@
+"""The training loop and the three steps: schedule, parameter groups, resume (SIGKILL), DDP (gloo, 2 processes),
+divergence, architecture checks, phases, the step-to-step hand-off, validation and the output checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from comedian.data.soccernet import game_slug
+from comedian.errors import InputError
+from comedian.models import build_model, make_checkpoint, read_checkpoint, save_checkpoint
+from comedian.train import finetune, pretrain_spatial, pretrain_temporal
+from comedian.train.loop import (
+    LoopConfig,
+    Phase,
+    StepModule,
+    Trainer,
+    TrainingDiverged,
+    lr_multiplier,
+    param_groups,
+    scaled_lr,
+)
+from tests.test_clips import write_packed
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["Goal", "Foul", "Corner"]
+TRAIN = [f"lg/2020-2021/2020-09-0{k} - 20-00 T{k} 1 - 0 U{k}" for k in (1, 2)]
+VALID = ["lg/2020-2021/2020-09-05 - 20-00 V 0 - 0 W"]
+HALF_FRAMES = 24  # 12 s per half at 2 fps
+MODEL = {"arch": "vivit_demo", "frames": 8, "size": 32, "temporal_depth": 1, "drop_path": 0.1}
+FINETUNE = {"init": "scratch", "head_epochs": 0, "epochs": 2, "lr": 0.05, "batch_size": 4, "windows_per_game": 4,
+            "validate_every": 0, "mixup_alpha": 0.1, "mask_ratio": 0.25, "augment": {"blur_p": 0.0},
+            "ignore_s": 1.0}
+
+
+# --------------------------------------------------------------------------------------------------
+# A tiny data set: packed frames, labels, teacher bank
+
+
+def _event_frames(rng: np.random.Generator, events: list[tuple[float, int]]) -> np.ndarray:
+    frames = rng.integers(60, 120, size=(HALF_FRAMES, 32, 48, 3), dtype=np.uint8)
+    for time_s, cls in events:
+        for f in range(HALF_FRAMES):
+            if abs(f / 2 - time_s) <= 0.5:
+                frames[f, 4 + 8 * cls : 12 + 8 * cls, 8:20] = (255, 40 * cls, 0)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """``root`` (Labels-v2.json per game), ``frames`` (packed), ``bank.h5``, ``train.txt``, ``valid.txt``."""
+    base = tmp_path_factory.mktemp("train_data")
+    rng = np.random.default_rng(0)
+    with h5py.File(base / "bank.h5", "w") as bank:
+        bank.attrs["dims"] = 16
+        for game in TRAIN + VALID:
+            annotations = []
+            for half in (1, 2):
+                events = [(float(rng.uniform(1, 11)), int(rng.integers(0, 3))) for _ in range(3)]
+                write_packed(base / "frames" / game_slug(game) / f"{half}.h5", _event_frames(rng, events))
+                bank.create_dataset(f"halves/{game_slug(game)}/{half}",
+                                    data=rng.normal(size=(HALF_FRAMES // 2, 16)).astype(np.float32))
+                for time_s, cls in events:
+                    ms = int(time_s * 1000)
+                    annotations.append({"gameTime": f"{half} - 0:{ms // 1000:02d}", "label": CLASSES[cls],
+                                        "position": str(ms), "team": "home", "visibility": "visible"})
+            folder = base / "root" / game
+            folder.mkdir(parents=True)
+            (folder / "Labels-v2.json").write_text(json.dumps({"UrlLocal": game, "annotations": annotations}))
+    (base / "train.txt").write_text("\n".join(TRAIN) + "\n")
+    (base / "valid.txt").write_text("\n".join(VALID) + "\n")
+    return base
+
+
+def _common(data: Path, work: Path, model: dict | None = None, seed: int = 0) -> list[str]:
+    return ["--root", str(data / "root"), "--frames-dir", str(data / "frames"), "--train-list",
+            str(data / "train.txt"), "--model", json.dumps(model or MODEL), "--seed", str(seed),
+            "--workdir", str(work / "work"), "--output", str(work / "out.pt"), "--workers", "0", "--quiet"]
+
+
+def _finetune_args(data: Path, work: Path, step: dict, *extra: str, model: dict | None = None) -> list[str]:
+    return _common(data, work, model) + ["--step", json.dumps(step), "--classes", json.dumps(CLASSES),
+                                         "--valid-list", str(data / "valid.txt"), *extra]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=lambda m: f"{key}: {m}")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "COMEDIAN_TRACKING": "0", "OMP_NUM_THREADS": "1"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Schedule and parameter groups
+
+
+def test_lr_is_scaled_with_the_global_batch():
+    assert scaled_lr(1e-3, 64) == pytest.approx(2.5e-4)
+    assert scaled_lr(5e-4, 1024) == pytest.approx(2e-3)
+
+
+def test_warmup_then_cosine():
+    total, warmup = 100, 10
+    values = [lr_multiplier(s, total, warmup, 0.01) for s in range(total + 5)]
+    assert values[:3] == pytest.approx([0.1, 0.2, 0.3])
+    assert values[9] == pytest.approx(1.0) and values[10] == pytest.approx(1.0)
+    assert values[55] == pytest.approx(0.01 + 0.99 * 0.5)  # half-way through the cosine
+    assert values[100] == pytest.approx(0.01) and values[104] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))  # never rises after the warm-up
+    assert lr_multiplier(0, 10, 0) == 1.0
+
+
+def test_no_weight_decay_on_biases_norms_embeddings_and_tokens():
+    model = build_model("vivit_demo", frames=8, size=32, classes=3)
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"temporal.time_embed", "temporal.mask_token", "spatial.pos_embed", "spatial.cls_token"} <= skipped
+    assert all(n.endswith(("bias", "weight")) for n in skipped if "norm" in n)
+    assert all(names[id(p)].endswith("weight") and p.ndim >= 2 for p in decay["params"])
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    model.head.requires_grad_(False)
+    assert not any(names[id(p)].startswith("head") for g in param_groups(model, 0.05) for p in g["params"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop on a toy step (fast)
+
+
+class ToyData(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, key):
+        epoch, index = key
+        g = torch.Generator().manual_seed(1000 * epoch + index)
+        return {"x": torch.randn(4, generator=g), "y": torch.randn(1, generator=g)}
+
+
+class ToyStep(StepModule):
+    """A linear regression whose loss turns NaN from optimiser step ``nan_from`` on (None: never)."""
+
+    def __init__(self, nan_from: int | None = None) -> None:
+        super().__init__()
+        self.model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Dropout(0.2), nn.Linear(8, 1))
+        self.model.arch = {"name": "toy"}
+        self.calls, self.nan_from = 0, nan_from
+
+    def forward(self, batch):
+        self.calls += 1
+        loss = ((self.model(batch["x"]) - batch["y"]) ** 2).mean()
+        if self.nan_from is not None and self.calls >= self.nan_from:
+            loss = loss * float("nan")
+        return loss, {}
+
+    def output_checkpoint(self):
+        return {"format": "toy", "model": {k: v.clone() for k, v in self.model.state_dict().items()}}
+
+
+def _toy_trainer(tmp: Path, module: ToyStep, epochs: int = 4, fingerprint: str = "f") -> Trainer:
+    config = LoopConfig(step="toy", phases=(Phase("train", epochs, 0.5, warmup_epochs=1, final_lr_ratio=0.1),),
+                        batch_size=4, seed=3, workers=0, fingerprint=fingerprint)
+    return Trainer(config, module, ToyData(), tmp / "work", tmp / "out.pt", print_fn=lambda _: None)
+
+
+def test_toy_run_writes_state_and_output(tmp_path):
+    torch.manual_seed(0)
+    summary = _toy_trainer(tmp_path, ToyStep()).fit()
+    assert summary["epochs"] == 4 and len(summary["history"]) == 4
+    state = torch.load(tmp_path / "work" / "last.pt", weights_only=True)
+    assert state["epoch"] == 4 and state["global_step"] == 16
+    assert {"module", "optimizer", "scheduler", "scaler", "rng", "best", "history", "fingerprint"} <= set(state)
+    assert {"python", "numpy", "torch"} <= set(state["rng"][0])
+    history = summary["history"]
+    assert history[-1]["lr_end"] == pytest.approx(0.1 * scaled_lr(0.5, 4))  # the end of the cosine
+    assert (tmp_path / "out.pt").is_file()
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    """Stop a run during epoch 3 (a NaN raised there), rerun with a fresh module: the same final weights."""
+    torch.manual_seed(0)
+    _toy_trainer(tmp_path / "a", ToyStep()).fit()
+    torch.manual_seed(0)
+    with pytest.raises(TrainingDiverged):
+        _toy_trainer(tmp_path / "b", ToyStep(nan_from=10)).fit()  # steps 9-12 are epoch 3
+    assert torch.load(tmp_path / "b" / "work" / "last.pt", weights_only=True)["epoch"] == 2
+    torch.manual_seed(123)  # another initialisation: the resumed run must not depend on it
+    _toy_trainer(tmp_path / "b", ToyStep()).fit()
+    a = torch.load(tmp_path / "a" / "out.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "out.pt", weights_only=True)["model"]
+    _assert_same_weights(a, b)
+
+
+def test_nan_loss_stops_with_step_and_epoch_and_keeps_the_last_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(TrainingDiverged) as err:
+        _toy_trainer(tmp_path, ToyStep(nan_from=7)).fit()
+    message = str(err.value)
+    assert "\n" not in message
+    assert "toy: the loss is nan at epoch 2/4, iteration 3/4" in message
+    assert "last.pt (epoch 1) is kept" in message
+    assert isinstance(err.value, InputError)  # `comedian <stage>` prints it as one line and exits 1
+    assert torch.load(tmp_path / "work" / "last.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_state_of_another_configuration_is_not_resumed(tmp_path):
+    torch.manual_seed(0)
+    _toy_trainer(tmp_path, ToyStep(), epochs=2, fingerprint="old").fit()
+    summary = _toy_trainer(tmp_path, ToyStep(), epochs=2, fingerprint="new").fit()
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]  # trained again from epoch 1
+    assert (tmp_path / "work" / "last.pt.stale").is_file()
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path):
+    torch.manual_seed(0)
+    _toy_trainer(tmp_path, ToyStep(), epochs=2).fit()
+    (tmp_path / "out.pt").unlink()  # e.g. killed while writing the output
+    module = ToyStep()
+    _toy_trainer(tmp_path, module, epochs=2).fit()
+    assert module.calls == 0 and (tmp_path / "out.pt").is_file()
+
+
+def test_batch_larger_than_an_epoch_is_refused(tmp_path):
+    config = LoopConfig(step="toy", phases=(Phase("train", 1, 0.1),), batch_size=32, workers=0)
+    with pytest.raises(InputError, match="fewer than one batch"):
+        Trainer(config, ToyStep(), ToyData(), tmp_path / "w", tmp_path / "o.pt")
+
+
+# --------------------------------------------------------------------------------------------------
+# The three steps on the tiny data set
+
+
+def test_three_steps_hand_off_and_write_their_parts(data, tmp_path):
+    spatial = {"epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 0.01, "queue_size": 64, "proj_dim": 16,
+               "proj_hidden": 32, "pred_hidden": 32}
+    assert pretrain_spatial.main(_common(data, tmp_path / "s1") + ["--step", json.dumps(spatial)]) == 0
+    s1 = read_checkpoint(tmp_path / "s1" / "out.pt")
+    assert s1["parts"] == ["spatial"] and s1["step"] == "pretrain_spatial"
+    state = torch.load(tmp_path / "s1" / "work" / "last.pt", weights_only=True)
+    assert "queue.features" in state["module"] and "target.spatial.cls_token" in state["module"]
+
+    temporal = {"epochs": 1, "warmup_epochs": 0, "batch_size": 4, "lr": 0.01, "windows_per_game": 4,
+                "queue_size": 32, "proj_hidden": 32}
+    args = _common(data, tmp_path / "s2") + ["--step", json.dumps(temporal), "--bank", str(data / "bank.h5"),
+                                             "--init", str(tmp_path / "s1" / "out.pt")]
+    assert pretrain_temporal.main(args) == 0
+    s2 = read_checkpoint(tmp_path / "s2" / "out.pt")
+    assert s2["parts"] == ["spatial", "temporal"]
+
+    step = {**FINETUNE, "init": "pretrain_temporal", "head_epochs": 1, "epochs": 1, "validate_every": 1}
+    assert finetune.main(_finetune_args(data, tmp_path / "s3", step, "--init", str(tmp_path / "s2" / "out.pt"))) == 0
+    s3 = read_checkpoint(tmp_path / "s3" / "out.pt")
+    assert s3["parts"] == ["head", "spatial", "temporal"] and s3["extra"]["classes"] == CLASSES
+    training = s3["extra"]["training"]
+    assert training["best"]["epoch"] in (1, 2) and 0.0 <= training["best"]["score"] <= 1.0
+    assert s3["extra"]["epoch"] == training["best"]["epoch"]  # the output is the best validated checkpoint
+    assert {"valid_tight_amap", "valid_loose_amap"} <= set(s3["extra"]["valid"])
+    # the output is what inference loads
+    from comedian.inference.predict import load_spotting_model
+
+    model, _ = load_spotting_model(tmp_path / "s3" / "out.pt")
+    assert model.head.num_classes == 3
+
+
+def test_classifier_phase_trains_the_head_only(data, tmp_path):
+    torch.manual_seed(1)
+    trunk = build_model("vivit_demo", frames=8, size=32, classes=3, temporal_depth=1)
+    save_checkpoint(tmp_path / "step2.pt", make_checkpoint(trunk, "pretrain_temporal", parts=["spatial", "temporal"]))
+    step = {**FINETUNE, "init": "pretrain_temporal", "head_epochs": 2, "epochs": 0, "mask_ratio": 0.0}
+    assert finetune.main(_finetune_args(data, tmp_path, step, "--init", str(tmp_path / "step2.pt"))) == 0
+    out = _weights(tmp_path / "out.pt")
+    before = trunk.state_dict()
+    for key, value in out.items():
+        if key.startswith(("spatial.", "temporal.")):
+            assert torch.equal(value, before[key]), key
+    assert not torch.equal(out["head.fc.weight"], before["head.fc.weight"])
+
+
+def test_head_bias_starts_at_the_class_priors(data, tmp_path):
+    step = {**FINETUNE, "epochs": 1, "lr": 1e-12, "mixup_alpha": 0.0}
+    assert finetune.main(_finetune_args(data, tmp_path, step)) == 0
+    bias = _weights(tmp_path / "out.pt")["head.fc.bias"]
+    assert torch.all(bias < -0.5)  # log-odds of rare positives, not 0
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(data, tmp_path):
+    other = build_model("viswin_demo", frames=8, size=32, classes=3)
+    save_checkpoint(tmp_path / "swin.pt", make_checkpoint(other, "pretrain_temporal", parts=["spatial", "temporal"]))
+    step = {**FINETUNE, "init": "pretrain_temporal"}
+    with pytest.raises(InputError, match="arch: checkpoint is 'viswin_demo' but step 'finetune' builds 'vivit_demo'"):
+        finetune.main(_finetune_args(data, tmp_path, step, "--init", str(tmp_path / "swin.pt")))
+
+
+def test_validation_windows_are_checked_before_training(data, tmp_path):
+    step = {**FINETUNE, "validate_every": 1, "ignore_s": 12.0}
+    with pytest.raises(InputError, match="ignore_s: 12 s drops 12 tokens"):
+        finetune.main(_finetune_args(data, tmp_path, step))
+    assert not (tmp_path / "work").exists()
+
+
+def test_init_switch_is_checked(data, tmp_path):
+    with pytest.raises(InputError, match="no checkpoint was given"):
+        finetune.main(_finetune_args(data, tmp_path, {**FINETUNE, "init": "pretrain_spatial"}))
+    with pytest.raises(InputError, match="no checkpoint is expected"):
+        finetune.main(_finetune_args(data, tmp_path, FINETUNE, "--init", str(tmp_path / "x.pt")))
+    with pytest.raises(InputError, match="unknown keys"):
+        finetune.main(_finetune_args(data, tmp_path, {**FINETUNE, "learning_rate": 1.0}))
+
+
+def test_finetune_from_step_one_copies_the_spatial_blocks(data, tmp_path):
+    torch.manual_seed(2)
+    spatial = build_model("vivit_demo", frames=8, size=32, classes=1, temporal_depth=1)
+    save_checkpoint(tmp_path / "step1.pt", make_checkpoint(spatial, "pretrain_spatial", parts=["spatial"]))
+    step = {**FINETUNE, "init": "pretrain_spatial", "epochs": 1, "lr": 1e-12}
+    assert finetune.main(_finetune_args(data, tmp_path, step, "--init", str(tmp_path / "step1.pt"))) == 0
+    out = _weights(tmp_path / "out.pt")
+    torch.testing.assert_close(out["temporal.blocks.0.attn.qkv.weight"], spatial.state_dict()["spatial.blocks.0.attn.qkv.weight"],
+                               atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Resume after SIGKILL and DDP equivalence, in subprocesses
+
+
+def _finetune_cmd(data: Path, work: Path, step: dict, workers: int = 0) -> list[str]:
+    args = _finetune_args(data, work, step)
+    args[args.index("--workers") + 1] = str(workers)
+    return [sys.executable, "-m", "comedian.train.finetune", *args]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(data, tmp_path):
+    """Run A uninterrupted (no data workers); run B (2 workers) killed at a random point after its first
+    epoch checkpoint, then rerun (1 worker, with progress lines): B's weights equal A's, bit for bit."""
+    step = {**FINETUNE, "head_epochs": 2, "epochs": 6, "windows_per_game": 16, "validate_every": 3}
+    subprocess.run(_finetune_cmd(data, tmp_path / "a", step), check=True, env=_env(), timeout=300)
+
+    last = tmp_path / "b" / "work" / "last.pt"
+    proc = subprocess.Popen(_finetune_cmd(data, tmp_path / "b", step, workers=2), env=_env())
+    try:
+        deadline = time.monotonic() + 240
+        while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert last.is_file(), "no checkpoint appeared"
+        time.sleep(random.uniform(0.0, 1.0))  # a random point after the first epoch's checkpoint
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    done = torch.load(last, weights_only=True)["epoch"]
+    assert 1 <= done < 8 and not (tmp_path / "b" / "out.pt").exists()
+
+    loud = [arg for arg in _finetune_cmd(data, tmp_path / "b", step, workers=1) if arg != "--quiet"]
+    rerun = subprocess.run(loud, env=_env(), timeout=300, capture_output=True, text=True, check=True)
+    assert f"resumed from {last} after epoch {done}/8" in rerun.stdout
+    _assert_same_weights(_weights(tmp_path / "a" / "out.pt"), _weights(tmp_path / "b" / "out.pt"))
+    state_a = torch.load(tmp_path / "a" / "work" / "last.pt", weights_only=True)
+    state_b = torch.load(last, weights_only=True)
+    _assert_same_weights(state_a["module"], state_b["module"])
+    assert state_a["best"] == state_b["best"]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(data, tmp_path):
+    model = {**MODEL, "drop_path": 0.0}  # drop path draws per rank: off for the comparison
+    step = {**FINETUNE, "init": "scratch", "head_epochs": 1, "epochs": 2, "batch_size": 4, "windows_per_game": 8,
+            "mixup_alpha": 0.0}
+    single = [*_finetune_args(data, tmp_path / "one", step, model=model)]
+    subprocess.run([sys.executable, "-m", "comedian.train.finetune", *single], check=True, env=_env(), timeout=300)
+    double = [*_finetune_args(data, tmp_path / "two", step, model=model)]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "comedian.train.finetune", *double], check=True, env=_env(), timeout=300)
+    _assert_same_weights(_weights(tmp_path / "one" / "out.pt"), _weights(tmp_path / "two" / "out.pt"), atol=2e-5)
+    assert torch.load(tmp_path / "two" / "work" / "last.pt", weights_only=True)["world_size"] == 2
