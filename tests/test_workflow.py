@@ -4,6 +4,7 @@ exactly the rules that use them.
 The workflow runs from a copy of the checkout (package + workflow) so that the tests can edit code.
 """
 
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,15 @@ TINY = {
     "demo": {"seed": 3, "games": {"train": 1, "valid": 1, "test": 1}, "half_duration_s": 30},
     "extract": {"fps": 2.0, "quality": 5},
     "pca": {"dims": 16},
+    # The whole DAG in about a minute: one epoch of each step on a 16-px model.
+    "model": {"arch": "vivit_demo", "frames": 16, "size": 16, "temporal_depth": 1, "drop_path": 0.0},
+    "pretrain_spatial": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32, "queue_size": 64,
+                         "proj_dim": 16, "proj_hidden": 32, "pred_hidden": 32},
+    "pretrain_temporal": {"epochs": 1, "warmup_epochs": 0, "batch_size": 4, "windows_per_game": 4,
+                          "queue_size": 64, "proj_hidden": 32},
+    "finetune": {"head_epochs": 1, "epochs": 1, "batch_size": 4, "windows_per_game": 4, "validate_every": 1,
+                 "ignore_s": 2},
+    "predict": {"batch_size": 4, "ignore_s": 2},
     "tracking": {"experiment": "workflow-test"},
 }
 
@@ -67,17 +77,40 @@ def finished(tmp_path_factory):
     return workdir
 
 
+DOWNSTREAM_OF_PCA = {"pca": 1, "pretrain_temporal": 1, "finetune": 1, "predict": 1, "ensemble": 1,
+                     "postprocess": 1, "evaluate": 2, "report": 1, "all": 1}
+
+
 @pytest.mark.slow
-def test_data_half_runs(finished):
+def test_whole_dag_runs(finished):
     frames = sorted((finished / "results" / "frames").glob("*/*.h5"))
     assert len(frames) == 3 * 2
     with h5py.File(finished / "results" / "features" / "baidu_pca.h5") as h5:
         assert h5["components"].shape == (16, 8576)
         assert len(h5["halves"]) == 3
-    for log in ["logs/demo_data.log", "logs/pca.log"]:
-        assert (finished / log).is_file()
-    assert (finished / "benchmarks" / "pca.tsv").is_file()
-    assert (finished / "results" / "mlflow.db").is_file()
+    metrics = json.loads((finished / "results" / "metrics.json").read_text())
+    assert set(metrics) == {"test"} and set(metrics["test"]) == {"tight", "loose"}
+    assert set(metrics["test"]["tight"]) >= {"a_mAP", "a_mAP_per_class", "a_mAP_visible", "a_mAP_unshown"}
+    for path in ["results/report/ap_table.html", "results/report/pr_curves.png", "results/submissions/test.zip",
+                 "logs/demo_data.log", "logs/finetune/seed0.log", "benchmarks/pca.tsv"]:
+        assert (finished / path).is_file(), path
+    assert list((finished / "results" / "predictions" / "test").glob("*/*/*/results_spotting.json"))
+
+
+@pytest.mark.slow
+def test_every_job_is_a_child_run_of_one_pipeline_run(finished):
+    import sqlite3
+
+    with sqlite3.connect(finished / "results" / "mlflow.db") as db:
+        runs = dict(db.execute("SELECT run_uuid, status FROM runs"))
+        parents = dict(db.execute("SELECT run_uuid, value FROM tags WHERE key = 'mlflow.parentRunId'"))
+        stages = dict(db.execute("SELECT run_uuid, value FROM tags WHERE key = 'comedian.stage'"))
+    top = set(runs) - set(parents)
+    assert len(top) == 1 and set(parents.values()) == top
+    assert all(status == "FINISHED" for status in runs.values())
+    assert {"demo-data", "extract", "pca", "pretrain_spatial", "finetune", "predict", "postprocess",
+            "evaluate", "report"} <= {stage.replace("_", "-") if stage == "demo_data" else stage
+                                      for stage in stages.values()} | {"demo-data"}
 
 
 @pytest.mark.slow
@@ -85,25 +118,30 @@ def test_finished_run_has_nothing_to_do(finished):
     assert planned_jobs(finished) == {}
 
 
-@pytest.mark.slow
-def test_pca_change_reruns_only_pca_and_descendants(finished):
-    def jobs_with(**sections):
-        write_config(finished, dict(TINY, **sections))
-        try:
-            return planned_jobs(finished)
-        finally:
-            write_config(finished, TINY)
+def jobs_with(workdir, **sections):
+    write_config(workdir, dict(TINY, **sections))
+    try:
+        return planned_jobs(workdir)
+    finally:
+        write_config(workdir, TINY)
 
-    assert jobs_with(pca={"dims": 8}) == {"pca": 1, "all": 1}
-    assert jobs_with(extract={"fps": 2.0, "quality": 4}) == {"extract": 6, "pca": 1, "all": 1}
-    assert jobs_with(tracking={"experiment": "another"}) == {}
+
+@pytest.mark.slow
+def test_config_change_reruns_exactly_the_rules_that_use_it(finished):
+    assert jobs_with(finished, pca={"dims": 8}) == DOWNSTREAM_OF_PCA
+    assert jobs_with(finished, postprocess={"nms": "hard"}) == {"postprocess": 1, "evaluate": 2, "report": 1,
+                                                                "all": 1}
+    everything = {k: v for k, v in planned_jobs(finished, "--forceall").items() if k != "demo_data"}
+    assert jobs_with(finished, extract={"fps": 2.0, "quality": 4}) == everything
+    assert jobs_with(finished, tracking={"experiment": "another"}) == {}
 
 
 @pytest.mark.slow
 def test_code_change_reruns_only_the_stage_that_runs_it(finished):
-    features = finished / "checkout" / "comedian" / "data" / "features.py"
-    tracking = finished / "checkout" / "comedian" / "tracking.py"
-    original = {path: path.read_text() for path in (features, tracking)}
+    checkout = finished / "checkout" / "comedian"
+    features, tracking, report = checkout / "data" / "features.py", checkout / "tracking.py", checkout / "report.py"
+    nms = checkout / "postprocess.py"
+    original = {path: path.read_text() for path in (features, tracking, report, nms)}
 
     def jobs_after(path, new_text):
         path.write_text(new_text)
@@ -113,13 +151,27 @@ def test_code_change_reruns_only_the_stage_that_runs_it(finished):
             path.write_text(original[path])
 
     code = original[features].replace("BAIDU_DIM = 8576", "BAIDU_DIM = 8576\nUNUSED = 1")
-    assert jobs_after(features, code) == {"pca": 1, "all": 1}
+    assert jobs_after(features, code) == DOWNSTREAM_OF_PCA
     assert jobs_after(features, original[features] + "\n# a comment\n") == {}
     assert jobs_after(tracking, original[tracking] + "\nUNUSED = 1\n") == {}  # bookkeeping
-    # Shared code reruns every stage that uses it: frames.py is imported by extract and pca.
-    frames = finished / "checkout" / "comedian" / "data" / "frames.py"
-    original[frames] = frames.read_text()
-    assert jobs_after(frames, original[frames] + "\nUNUSED = 1\n") == {"extract": 6, "pca": 1, "all": 1}
+    assert jobs_after(report, original[report] + "\nUNUSED = 1\n") == {"report": 1, "all": 1}
+    # NMS code is also fine-tuning's (its validation spots events), so fine-tuning reruns with it.
+    assert jobs_after(nms, original[nms] + "\nUNUSED = 1\n") == {"finetune": 1, "predict": 1, "ensemble": 1,
+                                                                  "postprocess": 1, "evaluate": 2, "report": 1,
+                                                                  "all": 1}
+
+
+@pytest.mark.slow
+def test_training_with_several_gpus_runs_through_torchrun(finished):
+    def command(gpus):
+        out = snakemake(finished, "-n", "-p", "--forcerun", "finetune", "--set-resources",
+                        f"finetune:gpu={gpus}", "--", "results/checkpoints/finetune_seed0.pt").stdout
+        line = next(line for line in out.splitlines() if "comedian finetune" in line)
+        return line.split("Shell command:")[-1].strip()
+
+    assert command(2).startswith("torchrun --standalone --nproc-per-node 2 -m comedian finetune ")
+    assert command(1).startswith("python -m comedian finetune ")
+    assert command(0).startswith("python -m comedian finetune ")
 
 
 @pytest.mark.slow
