@@ -105,3 +105,11 @@ def test_split_lists(tmp_path):
         soccernet.read_game_list(text)
     with pytest.raises(InputError, match="cannot read split list"):
         soccernet.read_game_list(tmp_path / "nope.txt")
+
+
+def test_split_labels_checked_against_what_the_frames_cover(tmp_path):
+    write_labels(tmp_path, [ann("1 - 00:10", "Goal", 10000), ann("2 - 01:40", "Corner", 100000)])
+    ok = {(GAME, 1): 60.0, (GAME, 2): 120.0}
+    assert len(soccernet.read_split_labels(tmp_path, [GAME], durations=ok)) == 2
+    with pytest.raises(InputError, match=r"annotations\[1\]: field 'position' = 100.000 s is beyond the end of half 2"):
+        soccernet.read_split_labels(tmp_path, [GAME], durations={(GAME, 1): 60.0, (GAME, 2): 90.0})

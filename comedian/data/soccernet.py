@@ -179,12 +179,21 @@ def read_labels(
 
 
 def read_split_labels(
-    root: str | Path, games: list[str], classes: tuple[str, ...] = SOCCERNET_V2_CLASSES
+    root: str | Path,
+    games: list[str],
+    classes: tuple[str, ...] = SOCCERNET_V2_CLASSES,
+    durations: dict[tuple[str, int], float] | None = None,
 ) -> pd.DataFrame:
-    """The label tables of several games, concatenated, sorted by game, half and time."""
+    """The label tables of several games, concatenated, sorted by game, half and time.
+
+    ``durations``: seconds covered by each (game, half), e.g. by its frames; a label past it is an error.
+    """
     import pandas as pd
 
-    tables = [read_labels(root, game, classes) for game in games]
+    def halves_of(game: str) -> dict[int, float] | None:
+        return None if durations is None else {h: durations[(game, h)] for h in HALVES}
+
+    tables = [read_labels(root, game, classes, halves_of(game)) for game in games]
     if not tables:
         return pd.DataFrame(columns=list(LABEL_COLUMNS))
     table = pd.concat(tables, ignore_index=True)

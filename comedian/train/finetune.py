@@ -313,10 +313,11 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     model = build_step_model(model_settings, classes=len(classes))
     initialise(model, settings, args.init)
     halves = list_halves(args.frames_dir, games)
-    labels = read_split_labels(args.root, games, tuple(classes))
+    labels = read_split_labels(args.root, games, tuple(classes), covered_seconds(halves))
     valid = None
     if settings.validate_every > 0:
-        valid = (list_halves(args.frames_dir, valid_games), read_split_labels(args.root, valid_games, tuple(classes)))
+        valid_halves = list_halves(args.frames_dir, valid_games)
+        valid = (valid_halves, read_split_labels(args.root, valid_games, tuple(classes), covered_seconds(valid_halves)))
         for half in valid[0]:  # bad ignore_s / window settings fail now, not after the first epochs
             window_plan(half.count, model_settings.frames, settings.ignore_s, half.fps, model.tubelet_size)
     module = SpottingModule(model, settings, classes, valid)
@@ -344,6 +345,11 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     params = config_params(model=model_settings, step=settings, seed=args.seed, world_size=ctx.world_size,
                            samples_per_epoch=len(dataset), init=str(args.init), classes=len(classes))
     return Prepared(loop, module, dataset, params)
+
+
+def covered_seconds(halves: list) -> dict[tuple[str, int], float]:
+    """(game, half) -> seconds its frames cover (count / fps, plus one frame's worth of slack)."""
+    return {(h.game, h.half): (h.count + 1) / h.fps for h in halves}
 
 
 def main(argv: list[str] | None = None) -> int:
