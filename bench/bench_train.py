@@ -5,11 +5,11 @@ as extracted from SoccerNet) with the demo config's settings:
 
 - ``model``:   clips/s of the step's forward + backward + AdamW step (+ EMA / queue updates) on batches
                already in memory (what the model can consume);
-- ``loader``:  clips/s of the DataLoader alone (JPEG decoding, resizing, augmentation, targets, masks) with
+- ``loader``:  clips/s of the DataLoader alone (JPEG decoding, resizing, augmentation, targets) with
                ``--workers`` processes; ``cold`` = first pass (decoding), ``warm`` = second pass (served by
                the step's frame cache when its ``frame_cache_mb`` > 0);
-- ``trainer``: clips/s of two real epochs of :class:`comedian.train.loop.Trainer` (both together), with the
-               share of time the trainer waited for data.
+- ``trainer``: clips/s of two real epochs (the step's main phase) of :class:`comedian.train.loop.Trainer`,
+               with the share of time the trainer waited for data.
 
 Clips are the step's samples: 2-frame sub-videos (two views each) for step 1, windows of ``model.frames``
 frames for steps 2-3. Run: ``python bench/bench_train.py [--workers 1] [--threads 1] [--config config/config.yaml]``.
@@ -39,15 +39,15 @@ from comedian.train.loop import DistContext, Trainer, _to_device, param_groups, 
 #: The demo config's training sections (config/config.yaml), used unless --config names another file.
 DEMO: dict[str, Any] = {
     "model": {"arch": "vivit_demo", "frames": 64, "size": 32, "temporal_depth": 2, "drop_path": 0.0},
-    "pretrain_spatial": {"epochs": 8, "warmup_epochs": 1, "batch_size": 64, "lr": 0.0012, "final_lr_ratio": 0.01,
+    "pretrain_spatial": {"epochs": 4, "warmup_epochs": 1, "batch_size": 64, "lr": 0.0012, "final_lr_ratio": 0.01,
                          "queue_size": 2048, "proj_dim": 64, "proj_hidden": 256, "pred_hidden": 256,
                          "augment": {"crop_scale": [0.5, 1.0], "flip_p": 0.0}},
-    "pretrain_temporal": {"epochs": 10, "warmup_epochs": 1, "batch_size": 8, "lr": 0.0096, "final_lr_ratio": 0.01,
+    "pretrain_temporal": {"epochs": 5, "warmup_epochs": 1, "batch_size": 8, "lr": 0.0096, "final_lr_ratio": 0.01,
                           "windows_per_game": 80, "queue_size": 2048, "proj_hidden": 256, "mask_ratio": 0.25,
                           "frame_cache_mb": 64, "augment": {"flip_p": 0.0}},
-    "finetune": {"head_epochs": 2, "head_lr": 0.064, "epochs": 30, "lr": 0.032, "warmup_epochs": 1, "batch_size": 8,
-                 "windows_per_game": 100, "mask_ratio": 0.25, "frame_cache_mb": 64, "augment": {"flip_p": 0.0},
-                 "validate_every": 10, "ignore_s": 6},
+    "finetune": {"head_epochs": 2, "head_lr": 0.064, "epochs": 40, "lr": 0.016, "warmup_epochs": 1, "batch_size": 8,
+                 "windows_per_game": 100, "mixup_alpha": 0.0, "mask_ratio": 0.0, "frame_cache_mb": 64,
+                 "augment": {"flip_p": 0.0}, "validate_every": 10, "ignore_s": 6},
 }
 GAMES = [f"bench/2024-2025/2024-08-0{k} - 18-00 H{k} 1 - 0 A{k}" for k in (1, 2, 3)]
 HALF_S = 120  # seconds per half, as the demo
@@ -71,7 +71,8 @@ def make_data(base: Path, seed: int = 0) -> None:
                     for t, c in events:
                         if abs(f / 2 - t) <= 0.5:
                             r, col = divmod(c, 6)
-                            frame[20 + 70 * r : 70 + 70 * r, 20 + 62 * col : 70 + 62 * col] = (255, 15 * c, 255 - 15 * c)
+                            box = (slice(20 + 70 * r, 70 + 70 * r), slice(20 + 62 * col, 70 + 62 * col))
+                            frame[box] = (255, 15 * c, 255 - 15 * c)
                     buf = io.BytesIO()
                     Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
                     blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             prepared = STEPS[name].prepare(ns, DistContext())
             loop = prepared.loop
             loop = type(loop)(**{**loop.__dict__, "phases": tuple(
-                type(p)(**{**p.__dict__, "epochs": 1}) for p in loop.phases[:1]) * 2})
+                type(p)(**{**p.__dict__, "epochs": 1}) for p in loop.phases[-1:]) * 2})  # the main phase
             history = Trainer(loop, prepared.module, prepared.dataset, base / name / "work", base / name / "out.pt",
                               print_fn=lambda _: None).fit()["history"]
             frames = prepared.dataset[(0, 0)]
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             r = rows[-1]
             print(f"{name:18s} model {r['model']:7.1f} clips/s | loader cold {r['loader_cold']:7.1f} warm "
                   f"{r['loader_warm']:7.1f} clips/s | loader/model cold {r['loader_cold'] / r['model']:5.2f} warm "
-                  f"{r['loader_warm'] / r['model']:5.2f} | trainer {r['trainer_epoch1']:6.1f} / {r['trainer_epoch2']:6.1f} "
+                  f"{r['loader_warm'] / r['model']:5.2f} | trainer {r['trainer_epoch1']:6.1f} / "
+                  f"{r['trainer_epoch2']:6.1f} "
                   f"clips/s (data wait {100 * r['data_wait']:.0f}%) | {per_clip} frames per clip", flush=True)
     print(json.dumps(rows))
     return 0

@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     synthetic = {
         "clip": torch.randint(0, 256, (args.batch_size, args.frames, args.size, args.size, 3), dtype=torch.uint8,
                               generator=g).to(device),
-        "mask": (torch.rand(args.batch_size, tokens, generator=g) < 0.25).to(device),
+        "key": torch.stack([torch.zeros(args.batch_size, dtype=torch.long), torch.arange(args.batch_size)], 1)
+        .to(device),
         "targets": (torch.rand(args.batch_size, tokens, 17, generator=g) < 0.01).float().to(device),
     }
 
@@ -210,12 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         halves = list_halves(tmp, games)
         augment = ClipAugment(AugmentSpec.from_config(DEFAULT_AUGMENT), args.size)
         per_game = -(-n_clips // len({h.game for h in halves}))
-        dataset = WindowClips(halves, args.frames, per_game, augment, seed=0, mask_ratio=settings.mask_ratio,
-                              sampling="random", extras=RandomTargets(17))
+        dataset = WindowClips(halves, args.frames, per_game, augment, seed=0, sampling="random",
+                              extras=RandomTargets(17))
         keys = [(0, i) for i in range(len(dataset))]
-        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=keys, num_workers=args.workers,
-                                             pin_memory=cuda, drop_last=True, prefetch_factor=4 if args.workers else None,
-                                             persistent_workers=args.workers > 0)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=args.batch_size, sampler=keys, num_workers=args.workers, pin_memory=cuda,
+            drop_last=True, prefetch_factor=4 if args.workers else None, persistent_workers=args.workers > 0)
         batches = iter(loader)
         next(batches)  # worker start-up
         t0 = time.perf_counter()

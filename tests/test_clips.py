@@ -238,9 +238,9 @@ LABELS = pd.DataFrame({
 })
 
 
-def test_window_clips_deliver_frames_labels_and_masks(halves):
+def test_window_clips_deliver_frames_labels_and_keys(halves):
     targets = SpotTargets(LABELS, 3, radius_s=0.5)
-    data = WindowClips(halves, 16, 4, ClipAugment(AugmentSpec(), 8), seed=1, mask_ratio=0.5, extras=targets)
+    data = WindowClips(halves, 16, 4, ClipAugment(AugmentSpec(), 8), seed=1, extras=targets)
     windows = data.windows(0)
     for index in range(len(data)):
         item = data[(0, index)]
@@ -248,7 +248,7 @@ def test_window_clips_deliver_frames_labels_and_masks(halves):
         assert item["clip"].shape == (16, 8, 8, 3)
         expected = [min(start + j, halves[half].count - 1) for j in range(16)]
         assert _level(item["clip"]).tolist() == expected
-        assert item["mask"].shape == (8,) and int(item["mask"].sum()) == 4
+        assert item["key"].tolist() == [0, index]
         assert float(item["start_s"]) == start / 2.0
         h = halves[half]
         rows = LABELS[(LABELS.game == h.game) & (LABELS.half == h.half)]
@@ -266,8 +266,7 @@ def test_label_window_of_two_actions_in_one_token(halves):
 def test_samples_do_not_depend_on_workers_or_instances(halves):
     """The same key gives the same sample in a fresh dataset, in 0 or 2 DataLoader workers."""
     def make():
-        return WindowClips(halves, 16, 4, ClipAugment(_strong(), 8), seed=7, mask_ratio=0.25,
-                           extras=SpotTargets(LABELS, 3, 0.5))
+        return WindowClips(halves, 16, 4, ClipAugment(_strong(), 8), seed=7, extras=SpotTargets(LABELS, 3, 0.5))
 
     keys = [(1, i) for i in range(8)]
     direct = [make()[k] for k in keys]
@@ -278,7 +277,7 @@ def test_samples_do_not_depend_on_workers_or_instances(halves):
             for j in range(4):
                 want = direct[4 * b + j]
                 assert torch.equal(batch["clip"][j], want["clip"])
-                assert torch.equal(batch["mask"][j], want["mask"])
+                assert torch.equal(batch["key"][j], want["key"])
                 assert torch.equal(batch["targets"][j], want["targets"])
 
 

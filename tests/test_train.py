@@ -30,9 +30,10 @@ from comedian.train.loop import (
     TrainingDiverged,
     lr_multiplier,
     param_groups,
+    sample_masks,
     scaled_lr,
 )
-from tests.test_clips import write_packed
+from test_clips import write_packed  # tests/ is on sys.path (rootdir conftest, no package)
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Goal", "Foul", "Corner"]
@@ -140,6 +141,17 @@ def test_no_weight_decay_on_biases_norms_embeddings_and_tokens():
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     model.head.requires_grad_(False)
     assert not any(names[id(p)].startswith("head") for g in param_groups(model, 0.05) for p in g["params"])
+
+
+def test_token_masks_depend_on_the_sample_key_only():
+    keys = torch.tensor([[0, 3], [0, 4], [1, 3]])
+    masks = sample_masks(keys, 16, 0.25, 2, seed=5)
+    assert masks.shape == (3, 16) and masks.dtype == torch.bool and masks.sum(1).tolist() == [4, 4, 4]
+    assert torch.equal(sample_masks(keys[[2, 0]], 16, 0.25, 2, seed=5), masks[[2, 0]])  # batch-independent
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
+    assert not torch.equal(sample_masks(keys, 16, 0.25, 2, seed=6), masks)
+    tubes = masks.view(3, 8, 2)
+    assert torch.equal(tubes[..., 0], tubes[..., 1])  # whole tubes of 2 tokens
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,8 +346,8 @@ def test_finetune_from_step_one_copies_the_spatial_blocks(data, tmp_path):
     step = {**FINETUNE, "init": "pretrain_spatial", "epochs": 1, "lr": 1e-12}
     assert finetune.main(_finetune_args(data, tmp_path, step, "--init", str(tmp_path / "step1.pt"))) == 0
     out = _weights(tmp_path / "out.pt")
-    torch.testing.assert_close(out["temporal.blocks.0.attn.qkv.weight"], spatial.state_dict()["spatial.blocks.0.attn.qkv.weight"],
-                               atol=1e-6, rtol=0)
+    source = spatial.state_dict()["spatial.blocks.0.attn.qkv.weight"]
+    torch.testing.assert_close(out["temporal.blocks.0.attn.qkv.weight"], source, atol=1e-6, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------------

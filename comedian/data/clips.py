@@ -9,11 +9,12 @@ Samples of the three training steps (paper Sec. 3.2-3.4, SPEC.md §3):
   (:func:`sample_windows`, :class:`WindowClips`).
 
 Determinism. A sample is addressed by a key ``(epoch, index)`` that :class:`EpochSampler` yields (the
-DataLoader hands the key to the dataset). Everything random about a sample (its window, its
-augmentation, its token mask) is drawn from generators seeded by ``(seed, stream, epoch, index)``
-(:func:`sample_rng`), so a sample does not depend on the worker that builds it, on the number of workers,
-on the number of DDP ranks, or on what ran before: a run is reproducible and a resumed run sees exactly the
-samples of an uninterrupted one. The workers' global RNGs are seeded as well (:func:`seed_worker`).
+DataLoader hands the key to the dataset, which returns it with the sample). Everything random about a
+sample (its window, its augmentation; the training step draws its token mask the same way from the key) is
+drawn from generators seeded by ``(seed, stream, epoch, index)`` (:func:`sample_rng`), so a sample does not
+depend on the worker that builds it, on the number of workers, on the number of DDP ranks, or on what ran
+before: a run is reproducible and a resumed run sees exactly the samples of an uninterrupted one. The
+workers' global RNGs are seeded as well (:func:`seed_worker`).
 
 Frames are read with :class:`~comedian.data.frames.PackedFrames`, one instance per half, opened lazily in
 each worker process (HDF5 handles are never shared across a fork). A clip is uint8 (T, H, W, 3) when read
@@ -45,7 +46,6 @@ from torch.utils.data import Dataset, Sampler
 from comedian.data.frames import PackedFrames
 from comedian.data.soccernet import HALVES, game_slug
 from comedian.errors import InputError
-from comedian.models.temporal import tube_mask
 
 __all__ = [
     "HalfVideo", "list_halves", "frames_path", "sample_rng", "seed_worker",
@@ -53,7 +53,8 @@ __all__ = [
     "WindowClips", "read_clip", "FrameStore", "decode_size",
 ]
 
-#: Streams of :func:`sample_rng`, so that the draws of different purposes never share a generator.
+#: Streams of :func:`sample_rng`, so that the draws of different purposes never share a generator
+#: (STREAM_MASK: the token masks the training steps draw, :func:`comedian.train.loop.sample_masks`).
 STREAM_WINDOWS, STREAM_AUGMENT, STREAM_MASK, STREAM_ORDER = 1, 2, 3, 4
 
 #: Side (pixels) the blur sigmas of :class:`AugmentSpec` refer to (the paper's 224-px frames).
@@ -516,8 +517,8 @@ class WindowClips(Dataset):
     """Steps 2-3's samples: windows of ``window_frames`` frames, ``per_game`` per game, redrawn every epoch
     (``sampling``: see :func:`sample_windows`).
 
-    ``dataset[(epoch, index)]`` -> a dict with ``clip`` uint8 (T, size, size, 3), ``mask`` bool (L,)
-    (tube mask drawn for this sample, True = masked; all False when ``mask_ratio`` is 0), ``start_s``
+    ``dataset[(epoch, index)]`` -> a dict with ``clip`` uint8 (T, size, size, 3), ``key`` int64 (2,)
+    (epoch, index: the training step seeds the sample's token mask with it), ``start_s``
     (float64, time of the first frame within the half) and ``half_index`` (int64, into ``halves``), plus
     whatever ``extras(half, start_s, window_frames)`` returns (e.g. per-token targets or teacher rows),
     as tensors.
@@ -530,20 +531,18 @@ class WindowClips(Dataset):
         per_game: int,
         augment: ClipAugment,
         seed: int,
-        mask_ratio: float = 0.0,
-        mask_tube: int = 2,
         frames_per_token: int = 2,
         sampling: str = "random",
         extras: Callable[[HalfVideo, float, int], Mapping[str, np.ndarray]] | None = None,
         cache_mb: float = 0.0,
     ) -> None:
         if window_frames % frames_per_token:
-            raise InputError(f"window of {window_frames} frames is not a multiple of {frames_per_token} frames per token")
+            raise InputError(f"window of {window_frames} frames is not a multiple of {frames_per_token} frames "
+                             "per token")
         self.halves = list(halves)
         self.files = FrameStore(halves, cache_mb)
         self.window_frames, self.per_game = window_frames, per_game
         self.augment, self.seed = augment, seed
-        self.mask_ratio, self.mask_tube = mask_ratio, mask_tube
         self.tokens = window_frames // frames_per_token
         self.extras = extras
         self.sampling = sampling
@@ -567,11 +566,7 @@ class WindowClips(Dataset):
         size = decode_size(self.files.file(half_index).size, self.augment.size, self.augment.spec.crops)
         clip = self.files.read(half_index, start, self.window_frames, size)
         item: dict[str, Any] = {"clip": self.augment(clip, sample_rng(self.seed, STREAM_AUGMENT, epoch, index))}
-        if self.mask_ratio > 0:
-            gen = torch_generator(sample_rng(self.seed, STREAM_MASK, epoch, index))
-            item["mask"] = tube_mask(1, self.tokens, self.mask_ratio, self.mask_tube, generator=gen)[0]
-        else:
-            item["mask"] = torch.zeros(self.tokens, dtype=torch.bool)
+        item["key"] = torch.tensor([epoch, index], dtype=torch.int64)
         start_s = start / half.fps
         item["start_s"] = torch.tensor(start_s, dtype=torch.float64)
         item["half_index"] = torch.tensor(half_index, dtype=torch.int64)

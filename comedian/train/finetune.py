@@ -8,7 +8,7 @@ class c when an action of c lies within ``radius_s`` (0.5 s) of it, a token when
 Loss: per-token, per-class binary cross-entropy on the head's logits (Eq. 7); with ``mixup_alpha`` > 0 each
 batch is mixed with a permutation of itself with lambda ~ Beta(alpha, alpha), and the loss mixed with the
 same weight (:func:`comedian.losses.spotting.mixup`). A ratio ``mask_ratio`` (alpha2) of the spatial tokens
-is replaced by the learned mask token (drawn per sample in the data workers).
+is replaced by the learned mask token (each clip's mask drawn from its sample key, so reproducible).
 
 Phases: first the classifier alone (``head_epochs``; spatial and temporal transformers frozen, in eval
 mode), then the whole model (``epochs``), each with its own AdamW, warm-up and cosine.
@@ -62,6 +62,7 @@ from comedian.train.loop import (
     maybe_compile,
     parse_json_arg,
     run_step,
+    sample_masks,
     settings_from,
 )
 
@@ -179,16 +180,18 @@ def predictions_table(game: str, half: int, scores: np.ndarray, times_s: np.ndar
 class SpottingModule(StepModule):
     """The spotting model under BCE (+ mixup) and token masking, with validation; see the module docstring.
 
-    ``forward({"clip": uint8 (B, T, S, S, 3), "mask": bool (B, L), "targets": (B, L, C)})`` -> the loss.
+    ``forward({"clip": uint8 (B, T, S, S, 3), "key": (B, 2), "targets": (B, L, C)})`` -> the loss; the
+    token mask of each clip is drawn from its key (:func:`comedian.train.loop.sample_masks`).
     """
 
     score_key = SCORE_KEY
 
     def __init__(self, model: Any, settings: FinetuneSettings, classes: Sequence[str],
-                 valid: tuple[list[HalfVideo], pd.DataFrame] | None = None) -> None:
+                 valid: tuple[list[HalfVideo], pd.DataFrame] | None = None, seed: int = 0) -> None:
         super().__init__()
         self.model = model
         self.settings = settings
+        self.seed = seed
         self.classes = list(classes)
         self.valid = valid
         self.trunk_frozen = False
@@ -206,7 +209,9 @@ class SpottingModule(StepModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         clip, targets = frames_to_input(batch["clip"]), batch["targets"]
-        mask = batch["mask"] if self.settings.mask_ratio > 0 else None
+        s = self.settings
+        mask = (sample_masks(batch["key"], targets.shape[1], s.mask_ratio, s.mask_tube, self.seed)
+                if s.mask_ratio > 0 else None)
         if self.settings.mixup_alpha > 0:
             clip, targets_a, targets_b, lam = mixup(clip, targets, self.settings.mixup_alpha)
             logits = self.model(clip, mask)
@@ -320,12 +325,12 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
         valid = (valid_halves, read_split_labels(args.root, valid_games, tuple(classes), covered_seconds(valid_halves)))
         for half in valid[0]:  # bad ignore_s / window settings fail now, not after the first epochs
             window_plan(half.count, model_settings.frames, settings.ignore_s, half.fps, model.tubelet_size)
-    module = SpottingModule(model, settings, classes, valid)
+    module = SpottingModule(model, settings, classes, valid, args.seed)
     maybe_compile(model, model_settings)
     size = model.arch["config"]["size"]
     augment = ClipAugment(AugmentSpec.from_config({**DEFAULT_AUGMENT, **dict(settings.augment or {})}), size)
     dataset = WindowClips(halves, model_settings.frames, settings.windows_per_game, augment, args.seed,
-                          settings.mask_ratio, settings.mask_tube, model.tubelet_size, settings.sampling,
+                          model.tubelet_size, settings.sampling,
                           extras=SpotTargets(labels, len(classes), settings.radius_s, model.tubelet_size),
                           cache_mb=settings.frame_cache_mb)
     if settings.head_prior:

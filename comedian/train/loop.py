@@ -63,7 +63,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from comedian.data.clips import EpochSampler, seed_worker
+from comedian.data.clips import STREAM_MASK, EpochSampler, sample_rng, seed_worker, torch_generator
 from comedian.errors import InputError
 from comedian.io import atomic_path
 from comedian.models.checkpoint import save_checkpoint
@@ -72,7 +72,8 @@ __all__ = [
     "Phase", "LoopConfig", "DistContext", "StepModule", "Trainer", "TrainingDiverged", "lr_multiplier",
     "scaled_lr", "param_groups", "setup_distributed", "teardown_distributed", "seed_everything",
     "fingerprint", "resolve_device", "STATE_FORMAT", "ModelSettings", "build_step_model", "add_common_arguments",
-    "settings_from", "maybe_stage_run", "config_params", "parse_json_arg", "apply_threads", "Prepared", "run_step",
+    "settings_from", "sample_masks", "maybe_stage_run", "config_params", "parse_json_arg", "apply_threads",
+    "Prepared", "run_step",
 ]
 
 log = logging.getLogger(__name__)
@@ -728,6 +729,28 @@ def parse_json_arg(text: str, flag: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{flag}: not valid JSON ({err.msg} at char {err.pos})") from None
+
+
+def sample_masks(keys: torch.Tensor, num_tokens: int, ratio: float, tube: int, seed: int) -> torch.Tensor:
+    """Token masks of a batch, each drawn from its sample's key (the ``key`` of
+    :class:`~comedian.data.clips.WindowClips`: epoch, index) and the run's seed: the same sample gets the same
+    mask whatever the batch, rank or worker (:func:`comedian.models.tube_mask`, tubes of ``tube`` tokens).
+
+    Args:
+        keys: (B, 2) int64 (epoch, index), on any device.
+        num_tokens: L, tokens per clip.
+        ratio: share of tokens masked.
+        tube: tokens per tube.
+        seed: the run's seed.
+
+    Returns:
+        (B, L) bool on ``keys``' device, True = replaced by the mask token.
+    """
+    from comedian.models import tube_mask
+
+    rows = [tube_mask(1, num_tokens, ratio, tube, generator=torch_generator(sample_rng(seed, STREAM_MASK, e, i)))
+            for e, i in keys.tolist()]
+    return torch.cat(rows).to(keys.device)
 
 
 def settings_from(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:

@@ -8,8 +8,8 @@ Each token (a 2-frame tubelet, 1 s at 2 fps) is paired with the bank row of its 
 the PCA'd Baidu bank written by ``comedian pca``.
 
 Model (:class:`SCEModule`): the spatial transformer turns each tubelet into a token; a ratio ``mask_ratio``
-(alpha1) of the tokens, in tubes of ``mask_tube`` tokens, is replaced by the learned mask token (the mask
-is drawn per sample in the data workers, so it is reproducible); the temporal transformer contextualises
+(alpha1) of the tokens, in tubes of ``mask_tube`` tokens, is replaced by the learned mask token (each
+clip's mask drawn from its sample key, so it is reproducible); the temporal transformer contextualises
 the tokens; a projector (D -> 1024 -> 1024 -> 512, GELU) maps every temporal token to the bank's space.
 
 Loss: :func:`comedian.losses.sce.sce_loss` with lambda, tau, tau_m. The paper's sums over the complete
@@ -59,6 +59,7 @@ from comedian.train.loop import (
     maybe_compile,
     parse_json_arg,
     run_step,
+    sample_masks,
     settings_from,
 )
 
@@ -176,14 +177,16 @@ class TeacherBank:
 class SCEModule(StepModule):
     """Spotting model trunk + projector + queue of teacher rows; see the module docstring.
 
-    ``forward({"clip": uint8 (B, T, S, S, 3), "mask": bool (B, L), "teacher": (B, L, K)})`` -> SCE loss.
+    ``forward({"clip": uint8 (B, T, S, S, 3), "key": (B, 2), "teacher": (B, L, K)})`` -> SCE loss; the
+    token mask of each clip is drawn from its key (:func:`comedian.train.loop.sample_masks`).
     The classifier head is frozen and unused; so is the mask token when ``mask_ratio`` is 0.
     """
 
-    def __init__(self, model: Any, settings: TemporalSettings, bank_dim: int) -> None:
+    def __init__(self, model: Any, settings: TemporalSettings, bank_dim: int, seed: int = 0) -> None:
         super().__init__()
         self.model = model
         self.settings = settings
+        self.seed = seed
         self.projector = projector(model.dim, bank_dim, settings.proj_hidden)
         self.queue = FeatureQueue(settings.queue_size, bank_dim)
         self._keys: torch.Tensor | None = None
@@ -194,10 +197,11 @@ class SCEModule(StepModule):
         self.model.temporal.mask_token.requires_grad_(self.settings.mask_ratio > 0)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        mask = batch["mask"] if self.settings.mask_ratio > 0 else None
-        z = self.projector(self.model.temporal_tokens(frames_to_input(batch["clip"]), mask))  # (B, L, K)
-        teacher = batch["teacher"]
         s = self.settings
+        teacher = batch["teacher"]
+        mask = (sample_masks(batch["key"], teacher.shape[1], s.mask_ratio, s.mask_tube, self.seed)
+                if s.mask_ratio > 0 else None)
+        z = self.projector(self.model.temporal_tokens(frames_to_input(batch["clip"]), mask))  # (B, L, K)
         loss = sce_loss(z, teacher, self.queue.features, s.lam, s.temperature, s.temperature_m, s.negatives)
         self._keys = teacher.reshape(-1, teacher.shape[-1]).detach()
         with torch.no_grad():
@@ -251,13 +255,12 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     initialise(model, settings, args.init)
     halves = list_halves(args.frames_dir, games)
     bank = TeacherBank(args.bank, halves, model.tubelet_size)
-    module = SCEModule(model, settings, bank.dim)
+    module = SCEModule(model, settings, bank.dim, args.seed)
     maybe_compile(model, model_settings)
     size = model.arch["config"]["size"]
     augment = ClipAugment(AugmentSpec.from_config({**DEFAULT_AUGMENT, **dict(settings.augment or {})}), size)
     dataset = WindowClips(halves, model_settings.frames, settings.windows_per_game, augment, args.seed,
-                          settings.mask_ratio, settings.mask_tube, model.tubelet_size, settings.sampling,
-                          extras=bank, cache_mb=settings.frame_cache_mb)
+                          model.tubelet_size, settings.sampling, extras=bank, cache_mb=settings.frame_cache_mb)
     loop = LoopConfig(
         step=STEP,
         phases=(Phase("train", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio),),
