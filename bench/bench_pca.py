@@ -8,11 +8,9 @@ streaming fit's memory is ~2 D^2 x 8 bytes once the train rows exceed D, whateve
 """
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

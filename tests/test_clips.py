@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from comedian.data.clips import (
     AugmentSpec,
@@ -26,31 +23,14 @@ from comedian.data.clips import (
     sample_windows,
     subvideo_starts,
 )
-from comedian.data.frames import FORMAT
 from comedian.data.soccernet import game_slug
 from comedian.data.targets import token_targets
 from comedian.errors import InputError
+from packed_frames import write_packed
 from comedian.train.finetune import SpotTargets
 
 GAMES = ["lg/2020-2021/2020-09-01 - 20-00 A 1 - 0 B", "lg/2020-2021/2020-09-02 - 20-00 C 2 - 2 D"]
 COUNTS = {(0, 1): 40, (0, 2): 33, (1, 1): 36, (1, 2): 12}  # frames per half; the last is shorter than a window
-
-
-def write_packed(path: Path, frames: np.ndarray, fps: float = 2.0) -> None:
-    """A packed frame file (comedian.data.frames layout) of uint8 (N, H, W, 3) frames, JPEG quality 95."""
-    blobs = []
-    for frame in frames:
-        buf = io.BytesIO()
-        Image.fromarray(frame).save(buf, format="JPEG", quality=95)
-        blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
-    offsets = np.concatenate([[0], np.cumsum([b.size for b in blobs])]).astype(np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as h5:
-        h5.create_dataset("jpeg", data=np.concatenate(blobs))
-        h5.create_dataset("offsets", data=offsets)
-        h5.attrs.update(format=FORMAT, fps=fps, count=len(frames), duration_s=len(frames) / fps,
-                        width=frames.shape[2], height=frames.shape[1], source="synthetic.mkv", quality=2)
-        h5.attrs["complete"] = True
 
 
 def index_frames(count: int, height: int = 24, width: int = 40) -> np.ndarray:

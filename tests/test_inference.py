@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import warnings
@@ -12,13 +11,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
-from comedian.data.frames import FORMAT, PackedFrames
+from comedian.data.frames import PackedFrames
 from comedian.data.soccernet import game_slug
 from comedian.data.targets import token_times_s
 from comedian.errors import InputError
+from packed_frames import write_packed
 from comedian.inference import ensemble, predict
 from comedian.inference.windows import (
     INPUT_MEAN,
@@ -293,23 +292,6 @@ def test_window_longer_than_model_is_refused():
 # ----------------------------------------------------------------------------------------------
 # The predict stage on real packed files and a tiny model
 # ----------------------------------------------------------------------------------------------
-
-
-def write_packed(path: Path, frames: np.ndarray, fps: float = FPS) -> None:
-    """A packed frame file (comedian.data.frames format) of uint8 (N, H, W, 3) frames, JPEG q95."""
-    blobs = []
-    for frame in frames:
-        buf = io.BytesIO()
-        Image.fromarray(frame).save(buf, format="JPEG", quality=95)
-        blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
-    offsets = np.concatenate([[0], np.cumsum([b.size for b in blobs])]).astype(np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as h5:
-        h5.create_dataset("jpeg", data=np.concatenate(blobs))
-        h5.create_dataset("offsets", data=offsets)
-        h5.attrs.update(format=FORMAT, fps=fps, count=len(frames), duration_s=len(frames) / fps,
-                        width=frames.shape[2], height=frames.shape[1], source="synthetic.mkv", quality=2)
-        h5.attrs["complete"] = True
 
 
 GAMES = ["league/2020-2021/2020-09-01 - 20-00 A 1 - 0 B", "league/2020-2021/2020-09-02 - 20-00 C 2 - 2 D"]
