@@ -11,7 +11,8 @@ from comedian import config as comedian_config
 from comedian.data import soccernet
 from comedian.errors import InputError
 
-comedian_config.validate(config, "config")
+# Validate before any job starts; errors name the config file(s) and the field.
+comedian_config.validate(config, " + ".join(str(f) for f in workflow.configfiles) or "config")
 
 SPLITS = [s for s in ("train", "valid", "test", "challenge") if s in config["dataset"]["splits"]]
 DATA_ROOT = config["dataset"]["root"]
