@@ -56,6 +56,7 @@ from comedian.train.loop import (
     StepModule,
     add_common_arguments,
     build_step_model,
+    check_init,
     config_params,
     file_identity,
     fingerprint,
@@ -264,14 +265,8 @@ class SpottingModule(StepModule):
 
 def initialise(model: Any, settings: FinetuneSettings, init: Path | None) -> None:
     """Load the previous step's weights (see the module docstring)."""
-    if settings.init not in INITS:
-        raise InputError(f"--step: init: {settings.init!r} is not one of {list(INITS)}")
-    if settings.init == "scratch":
-        if init is not None:
-            raise InputError("--init: finetune.init is 'scratch', so no checkpoint is expected")
+    if not check_init("finetune", settings.init, INITS, init):
         return
-    if init is None:
-        raise InputError(f"--init: finetune.init is {settings.init!r} but no checkpoint was given")
     report = load_step_checkpoint(model, init, STEP, resize_time_embed=True)
     if settings.init == "pretrain_temporal" and any(k.startswith("temporal.") for k in report.missing):
         raise InputError(f"{init}: finetune.init is 'pretrain_temporal' but the checkpoint has no temporal "

@@ -809,6 +809,22 @@ def maybe_compile(model: Any, settings: ModelSettings) -> None:
         model.temporal.compile()
 
 
+def check_init(section: str, choice: str, choices: Any, init: Path | None) -> bool:
+    """Check a step's ``init`` switch against its ``--init`` checkpoint; True when weights are to be loaded.
+
+    ``scratch`` takes no checkpoint; every other choice needs one. Errors name the section's key.
+    """
+    if choice not in choices:
+        raise InputError(f"--step: init: {choice!r} is not one of {list(choices)}")
+    if choice == "scratch":
+        if init is not None:
+            raise InputError(f"--init: {section}.init is 'scratch', so no checkpoint is expected")
+        return False
+    if init is None:
+        raise InputError(f"--init: {section}.init is {choice!r} but no checkpoint was given")
+    return True
+
+
 def add_common_arguments(parser: Any) -> None:
     """The flags of every training step (see each step's ``main``)."""
     parser.add_argument("--root", required=True, type=Path, help="SoccerNet-v2 data root (labels)")

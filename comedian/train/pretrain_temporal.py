@@ -53,6 +53,7 @@ from comedian.train.loop import (
     StepModule,
     add_common_arguments,
     build_step_model,
+    check_init,
     config_params,
     file_identity,
     fingerprint,
@@ -222,14 +223,8 @@ class SCEModule(StepModule):
 
 def initialise(model: Any, settings: TemporalSettings, init: Path | None) -> None:
     """Load step 1's spatial weights and copy the first spatial blocks into the temporal transformer."""
-    if settings.init not in INITS:
-        raise InputError(f"--step: init: {settings.init!r} is not one of {list(INITS)}")
-    if settings.init == "scratch":
-        if init is not None:
-            raise InputError("--init: pretrain_temporal.init is 'scratch', so no checkpoint is expected")
+    if not check_init("pretrain_temporal", settings.init, INITS, init):
         return
-    if init is None:
-        raise InputError("--init: pretrain_temporal.init is 'pretrain_spatial' but no checkpoint was given")
     load_step_checkpoint(model, init, STEP, resize_time_embed=True)
     if settings.copy_spatial_blocks:
         init_temporal_from_spatial(model)
