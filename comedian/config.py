@@ -54,7 +54,45 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise InputError(f"{source}: {_field(first.absolute_path)}: {first.message}{more}")
+    check_consistency(config, source)
     return config
+
+
+def check_consistency(config: dict[str, Any], source: str = "config") -> None:
+    """Rules across sections that a JSON schema cannot say; InputError naming the keys.
+
+    - No training on an evaluated split (``evaluate.splits`` against ``pretrain_temporal.train_splits`` and
+      ``finetune.train_splits``), and no checkpoint picked on valid (``finetune.select: best_valid``) when
+      valid is trained on or evaluated.
+    - ``report.split`` is one of ``evaluate.splits`` (no report without an evaluated split).
+    - A demo's halves hold at least one window (``model.frames`` frames at ``extract.fps``).
+    """
+    evaluated = config["evaluate"]["splits"]
+    for section in ("pretrain_temporal", "finetune"):
+        for split in config[section]["train_splits"]:
+            if split in evaluated:
+                raise InputError(f"{source}: {section}.train_splits: {split!r} is also in evaluate.splits "
+                                 f"(training on the evaluated split)")
+    finetune = config["finetune"]
+    if finetune["select"] == "best_valid":
+        if "valid" in finetune["train_splits"]:
+            raise InputError(f"{source}: finetune.select: 'best_valid' picks the checkpoint on valid, which "
+                             f"finetune.train_splits trains on (use 'last')")
+        if "valid" in evaluated:
+            raise InputError(f"{source}: finetune.select: 'best_valid' picks the checkpoint on valid, which "
+                             f"evaluate.splits scores (use 'last')")
+        if finetune["validate_every"] == 0 and finetune["head_validate_every"] == 0:
+            raise InputError(f"{source}: finetune.select: 'best_valid' needs finetune.validate_every or "
+                             f"head_validate_every > 0")
+    if evaluated and config["report"]["split"] not in evaluated:
+        raise InputError(f"{source}: report.split: {config['report']['split']!r} must be one of evaluate.splits "
+                         f"{evaluated}")
+    demo = config["demo"]
+    if demo is not None:
+        window_s = config["model"]["frames"] / config["extract"]["fps"]
+        if window_s > demo["half_duration_s"]:
+            raise InputError(f"{source}: model.frames: windows of {window_s:g} s are longer than a half "
+                             f"(demo.half_duration_s = {demo['half_duration_s']:g} s)")
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -8,7 +8,12 @@ Outputs (each given by its own flag, so a Snakefile can declare it):
 
 - ``--output-metrics``: ``{split: {metric: {<the official keys>}}}``, values as fractions, keys
   ``a_mAP``, ``a_mAP_per_class``, ``a_mAP_visible``, ``a_mAP_per_class_visible``, ``a_mAP_unshown``,
-  ``a_mAP_per_class_unshown`` exactly as :mod:`comedian.scoring` / the official scorer return them.
+  ``a_mAP_per_class_unshown`` exactly as :mod:`comedian.scoring` / the official scorer return them, for the
+  model the ``--metrics`` files score (the pipeline's ensemble of its seeds). With ``--seed-metrics``
+  (one file per seed, split and metric) each metric also holds ``seeds`` ({seed: the official keys}) and
+  ``seed_mean`` / ``seed_std`` ({"a_mAP", "a_mAP_visible", "a_mAP_unshown"}: the mean over the seeds and
+  their sample standard deviation, 0 for one seed): the paper's table cells are the means, its "ens." rows
+  the ensemble.
 - ``--ap-table`` (HTML) and ``--ap-csv``: per-class AP (all / visible / unshown, in %) of the figure
   split for each metric given, with the label counts, and the overall a-mAP row.
 - ``--pr-curves`` (PNG): per class, precision against recall at each tolerance of ``--pr-metric``.
@@ -126,6 +131,41 @@ def metrics_document(
         sources[(split, metric)] = Path(path)
         document.setdefault(split, {})[metric] = values
     return document, classes, sources
+
+
+SUMMARY_KEYS: tuple[str, ...] = ("a_mAP", "a_mAP_visible", "a_mAP_unshown")
+
+
+def add_seed_metrics(document: dict[str, dict[str, dict]], files: Sequence[tuple[str, str, str | Path]]) -> None:
+    """Add each seed's metrics and their mean and standard deviation to ``document`` (see the module
+    docstring); ``files``: ``[(seed, split, metrics file), ...]``.
+
+    Raises:
+        InputError: a seed's file for a split or metric the ensemble has no file for, two files for one seed,
+            split and metric, or seeds that do not cover the same splits and metrics.
+    """
+    per_seed: dict[tuple[str, str], dict[str, dict]] = {}
+    for seed, split, path in files:
+        metric, values, _ = read_metrics(path)
+        if metric not in document.get(split, {}):
+            raise InputError(f"{path}: seed {seed} {split} {metric}: no --metrics file for that split and metric")
+        seeds = per_seed.setdefault((split, metric), {})
+        if seed in seeds:
+            raise InputError(f"{path}: a second {metric!r} metrics file for seed {seed}, split {split!r}")
+        seeds[seed] = values
+    all_seeds = {seed for seed, _, _ in files}
+    for (split, metric), seeds in sorted(per_seed.items()):
+        if set(seeds) != all_seeds:
+            raise InputError(f"seed metrics of {split} {metric} cover seeds {sorted(seeds)}, not {sorted(all_seeds)}")
+        entry = document[split][metric]
+        entry["seeds"] = {seed: seeds[seed] for seed in sorted(seeds, key=int)}
+        for name, reduce in (("seed_mean", np.mean), ("seed_std", _sample_std)):
+            entry[name] = {k: float(reduce([v[k] for v in seeds.values()])) for k in SUMMARY_KEYS}
+
+
+def _sample_std(values: Sequence[float]) -> float:
+    """Sample standard deviation (ddof 1); 0 for a single value."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def _check_against_predictions(metrics: Mapping[str, dict], files: Mapping[str, Path], labels: dict,
@@ -355,6 +395,7 @@ def make_report(
     min_confidence: float = 0.0,
     scores: str | Path | None = None,
     run: Any = None,
+    seed_metrics: Sequence[tuple[str, str, str | Path]] = (),
 ) -> dict[str, dict[str, dict]]:
     """Write the metrics file and the figures (arguments as the CLI flags; see the module docstring).
 
@@ -395,12 +436,15 @@ def make_report(
         if timelines is not None:
             produced += _write_timelines(Path(timelines), labels, predictions, list(games)[:timeline_games],
                                          classes, min_confidence, scores)
+    add_seed_metrics(document, seed_metrics)
     with atomic_path(output_metrics) as tmp:
         tmp.write_text(json.dumps(document, indent=2) + "\n")
     if run is not None:
         for s, by_metric in document.items():
             for metric, values in by_metric.items():
-                flat = {f"{s}.{metric}.{k}": values[k] for k in ("a_mAP", "a_mAP_visible", "a_mAP_unshown")}
+                flat = {f"{s}.{metric}.{k}": values[k] for k in SUMMARY_KEYS}
+                for name in ("seed_mean", "seed_std"):
+                    flat.update({f"{s}.{metric}.{name}.{k}": v for k, v in values.get(name, {}).items()})
                 for key in ("a_mAP_per_class", "a_mAP_per_class_visible", "a_mAP_per_class_unshown"):
                     flat.update({f"{s}.{metric}.{key}.{name}": v for name, v in zip(classes, values[key])})
                 run.log_metrics(flat)
@@ -472,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", nargs=2, action="append", required=True, metavar=("SPLIT", "FILE"),
                         help="a `comedian evaluate --json` file of SPLIT (its 'metric' field says tight/loose...); "
                              "repeat for each split and metric")
+    parser.add_argument("--seed-metrics", nargs=3, action="append", default=[], metavar=("SEED", "SPLIT", "FILE"),
+                        help="a `comedian evaluate --json` file of one seed's model; repeat for each seed, split and "
+                             "metric (adds seeds, seed_mean and seed_std to the output)")
     parser.add_argument("--output-metrics", required=True, type=Path, help="write {split: {metric: {...}}} here")
     parser.add_argument("--split", default=None, help="the split the figures are drawn for (e.g. test)")
     parser.add_argument("--labels", type=Path, default=None, help="labels root (<game>/Labels-v2.json)")
@@ -505,10 +552,12 @@ def main(argv: list[str] | None = None) -> int:
         document = make_report(
             [_metrics_arg(m) for m in args.metrics], args.output_metrics, args.split, args.labels, args.predictions,
             games, args.classes, args.ap_table, args.ap_csv, args.pr_curves, args.pr_metric, args.timelines,
-            args.timeline_games, args.min_confidence, args.scores, run,
+            args.timeline_games, args.min_confidence, args.scores, run, [tuple(m) for m in args.seed_metrics],
         )
     for s, by_metric in document.items():
-        shown = ", ".join(f"{m} {100 * v['a_mAP']:.2f} %" for m, v in by_metric.items())
+        shown = ", ".join(f"{m} {100 * v['a_mAP']:.2f} %" + (
+            f" (seeds {100 * v['seed_mean']['a_mAP']:.2f} +- {100 * v['seed_std']['a_mAP']:.2f} %)"
+            if "seed_mean" in v else "") for m, v in by_metric.items())
         print(f"comedian report: {s}: {shown}")
     print(f"comedian report: wrote {args.output_metrics}")
     return 0

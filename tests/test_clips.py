@@ -95,12 +95,13 @@ def test_subvideos_are_every_second_of_every_half(halves):
 # Sampling
 
 
-@pytest.mark.parametrize("mode", ["random", "uniform"])
+@pytest.mark.parametrize("mode", ["segments", "random", "uniform"])
 def test_windows_are_deterministic_given_seed_and_epoch(halves, mode):
     a = sample_windows(halves, 6, 16, seed=3, epoch=2, mode=mode)
     assert np.array_equal(a, sample_windows(halves, 6, 16, seed=3, epoch=2, mode=mode))
-    assert not np.array_equal(a, sample_windows(halves, 6, 16, seed=3, epoch=3, mode=mode))
-    assert not np.array_equal(a, sample_windows(halves, 6, 16, seed=4, epoch=2, mode=mode))
+    if mode != "segments":  # these halves are too short for 3 disjoint windows: segments spreads them evenly
+        assert not np.array_equal(a, sample_windows(halves, 6, 16, seed=3, epoch=3, mode=mode))
+        assert not np.array_equal(a, sample_windows(halves, 6, 16, seed=4, epoch=2, mode=mode))
     assert a.shape == (12, 2)
     for half, start in a:  # windows lie inside their half (start 0 for a half shorter than the window)
         assert 0 <= start <= max(halves[half].count - 16, 0)
@@ -121,6 +122,39 @@ def test_uniform_windows_overlap_only_when_they_must():
     half = [HalfVideo("g", 1, Path("x"), 100, 2.0)]
     starts = sample_windows(half, 10, 64, seed=0, epoch=0, mode="uniform")[:, 1]
     assert len(starts) == 10 and starts.min() >= 0 and starts.max() <= 36
+
+
+def test_segment_windows_are_one_per_segment_jittered_inside_it():
+    # 400 frames, 4 windows of 64: segments of 100 frames, window i starts in [100 i, 100 i + 36].
+    half = [HalfVideo("g", 1, Path("x"), 400, 2.0)]
+    seen = []
+    for epoch in range(30):
+        starts = sample_windows(half, 4, 64, seed=0, epoch=epoch, mode="segments")[:, 1]
+        assert np.all((starts >= [0, 100, 200, 300]) & (starts <= [36, 136, 236, 336]))
+        seen.append(starts)
+    seen = np.array(seen)
+    assert (seen.min(axis=0) <= [6, 106, 206, 306]).all() and (seen.max(axis=0) >= [30, 130, 230, 330]).all()
+
+
+def test_segment_windows_cover_a_half_without_overlap_at_the_paper_settings():
+    # The authors' step 2 at 64-s windows: 76 windows per game = 38 per 45-min half (5,400 frames at 2 fps).
+    halves = [HalfVideo("g", 1, Path("x"), 5400, 2.0), HalfVideo("g", 2, Path("y"), 5520, 2.0)]
+    for epoch in range(5):
+        windows = sample_windows(halves, 76, 128, seed=1, epoch=epoch, mode="segments")
+        for h, half in enumerate(halves):
+            starts = np.sort(windows[windows[:, 0] == h, 1])
+            assert len(starts) == 38 and starts.min() >= 0 and starts.max() <= half.count - 128
+            assert np.all(np.diff(starts) >= 128)  # no two windows overlap
+            covered = np.zeros(half.count, dtype=bool)
+            for s in starts:
+                covered[s:s + 128] = True
+            assert covered.mean() >= 0.85  # 38 x 128 / 5400 = 90% of the half, every epoch
+
+
+def test_segment_windows_are_spread_evenly_when_they_must_overlap():
+    half = [HalfVideo("g", 1, Path("x"), 100, 2.0)]
+    starts = sample_windows(half, 4, 64, seed=0, epoch=0, mode="segments")[:, 1]
+    assert starts.tolist() == [0, 12, 24, 36]  # 0 .. 100 - 64 in 3 equal steps
 
 
 def test_random_windows_cover_the_timeline_uniformly():

@@ -143,3 +143,19 @@ def test_cli_writes_every_split(tmp_path, monkeypatch):
     with h5py.File(out) as h5:
         assert sorted(h5["halves"]) == sorted({game_slug(g) for g in TRAIN + TEST})
         assert h5.attrs["n_rows_fit"] == 2 * 2 * 40
+
+
+def test_non_finite_features_outside_the_train_split_are_refused(tmp_path):
+    _write_tree(tmp_path, TRAIN + TEST)
+    model = features.fit_pca([baidu_path(tmp_path, g, h) for g in TRAIN for h in (1, 2)], 4, DIM)
+    bad = baidu_path(tmp_path, TEST[0], 2)  # a test half: never part of the fit
+    x = np.load(bad)
+    x[7, 3] = np.nan
+    x[9, 0] = np.inf
+    np.save(bad, x)
+    out = tmp_path / "bank.h5"
+    halves = [(g, h, baidu_path(tmp_path, g, h)) for g in TRAIN + TEST for h in (1, 2)]
+    with pytest.raises(InputError, match=r"non-finite value in the features \(2 rows, first row 7\)") as err:
+        features.write_bank(out, model, halves, {}, 2.0)
+    assert str(bad) in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob(".bank.h5*"))  # no partial bank

@@ -244,35 +244,47 @@ def test_mixup_loss_limits_and_formula():
     logits = torch.randn(3, 4, 5, generator=g, requires_grad=True)
     ya = (torch.rand(3, 4, 5, generator=g) > 0.7).float()
     yb = (torch.rand(3, 4, 5, generator=g) > 0.7).float()
+    ones, zeros = torch.ones(3), torch.zeros(3)
     with torch.no_grad():
-        assert float(mixup_spotting_loss(logits, ya, yb, 1.0)) == pytest.approx(float(spotting_loss(logits, ya)))
-        assert float(mixup_spotting_loss(logits, ya, yb, 0.0)) == pytest.approx(float(spotting_loss(logits, yb)))
-    lam = 0.3
+        assert float(mixup_spotting_loss(logits, ya, yb, ones)) == pytest.approx(float(spotting_loss(logits, ya)))
+        assert float(mixup_spotting_loss(logits, ya, yb, zeros)) == pytest.approx(float(spotting_loss(logits, yb)))
+        # one weight for every clip: the batch formula
+        same = mixup_spotting_loss(logits, ya, yb, torch.full((3,), 0.3))
+        assert float(same) == pytest.approx(0.3 * manual_bce(logits, ya) + 0.7 * manual_bce(logits, yb), abs=1e-6)
+    # Each clip weighted by its own lambda (hand-computed per clip, then the mean over clips).
+    lam = torch.tensor([0.9, 0.2, 0.5])
     loss = mixup_spotting_loss(logits, ya, yb, lam)
-    want = lam * manual_bce(logits.detach(), ya) + (1 - lam) * manual_bce(logits.detach(), yb)
+    x = logits.detach()
+    want = sum(float(lam[b]) * manual_bce(x[b:b + 1], ya[b:b + 1]) + (1 - float(lam[b])) * manual_bce(x[b:b + 1], yb[b:b + 1])
+               for b in range(3)) / 3
     assert float(loss.detach()) == pytest.approx(want, abs=1e-6)
-    # BCE is linear in the target: the same as BCE against the mixed target.
-    assert float(loss.detach()) == pytest.approx(manual_bce(logits.detach(), lam * ya + (1 - lam) * yb), abs=1e-6)
+    # BCE is linear in the target: the same as BCE against each clip's mixed target.
+    mixed_target = lam.view(3, 1, 1) * ya + (1 - lam.view(3, 1, 1)) * yb
+    assert float(loss.detach()) == pytest.approx(manual_bce(x, mixed_target), abs=1e-6)
     loss.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    with pytest.raises(ValueError, match="one weight per clip"):
+        mixup_spotting_loss(logits, ya, yb, torch.ones(1))
 
 
-def test_mixup_mixes_clips_and_targets_with_one_permutation():
+def test_mixup_mixes_each_clip_with_its_own_lambda():
     b = 6
     clips = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1, 1).expand(b, 4, 3, 2, 2).contiguous()
     targets = torch.arange(b, dtype=torch.float32).view(b, 1, 1).expand(b, 2, 17).contiguous()
-    mixed, ya, yb, lam = mixup(clips, targets, alpha=0.1, generator=torch.Generator().manual_seed(9))
-    assert 0.0 <= lam <= 1.0 and isinstance(lam, float)
+    mixed, ya, yb, lam = mixup(clips, targets, alpha=1.0, generator=torch.Generator().manual_seed(9))
+    assert lam.shape == (b,) and bool(((lam >= 0) & (lam <= 1)).all())
+    assert len(set(lam.tolist())) == b  # one draw per clip, not one per batch
     assert torch.equal(ya, targets)
     perm = yb[:, 0, 0].long()
     assert sorted(perm.tolist()) == list(range(b))
     assert torch.equal(yb, targets[perm])
-    assert torch.allclose(mixed, lam * clips + (1 - lam) * clips[perm])
-    again = mixup(clips, targets, alpha=0.1, generator=torch.Generator().manual_seed(9))
-    assert again[3] == lam and torch.equal(again[2], yb)
+    # clip k is lam_k * k + (1 - lam_k) * perm(k), everywhere in the clip
+    want = lam * torch.arange(b) + (1 - lam) * perm.float()
+    assert torch.allclose(mixed, want.view(b, 1, 1, 1, 1).expand_as(clips), atol=1e-6)
+    again = mixup(clips, targets, alpha=1.0, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(again[3], lam) and torch.equal(again[2], yb)
     # Beta(0.1, 0.1) puts most of its mass near 0 and 1.
-    g = torch.Generator().manual_seed(10)
-    lams = torch.tensor([mixup(clips, targets, 0.1, g)[3] for _ in range(200)])
+    lams = mixup(clips.repeat(50, 1, 1, 1, 1), targets.repeat(50, 1, 1), 0.1, torch.Generator().manual_seed(10))[3]
     assert ((lams < 0.1) | (lams > 0.9)).float().mean() > 0.6
     with pytest.raises(ValueError):
         mixup(clips, targets, alpha=0.0)

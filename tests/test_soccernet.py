@@ -113,3 +113,16 @@ def test_split_labels_checked_against_what_the_frames_cover(tmp_path):
     assert len(soccernet.read_split_labels(tmp_path, [GAME], durations=ok)) == 2
     with pytest.raises(InputError, match=r"annotations\[1\]: field 'position' = 100.000 s is beyond the end of half 2"):
         soccernet.read_split_labels(tmp_path, [GAME], durations={(GAME, 1): 60.0, (GAME, 2): 90.0})
+
+
+def test_late_labels_within_the_tolerance_are_kept_with_one_warning(tmp_path):
+    write_labels(tmp_path, [ann("1 - 00:10", "Goal", 10000), ann("2 - 01:31", "Corner", 91000),
+                            ann("2 - 01:32", "Foul", 92000)])
+    durations = {(GAME, 1): 60.0, (GAME, 2): 90.0}
+    with pytest.warns(UserWarning, match=r"Labels-v2.json: 2 labels lie past the end of their half's video "
+                                         r"\(within 3 s\), kept: 2 - 01:31 Corner, 2 - 01:32 Foul") as record:
+        table = soccernet.read_split_labels(tmp_path, [GAME], durations=durations, tolerance_s=3.0)
+    assert len(record) == 1 and len(table) == 3 and table["time_s"].max() == 92.0
+    with pytest.raises(InputError, match=r"annotations\[2\]: .* 92.000 s is beyond the end of half 2 \(90.000 s\) "
+                                         r"by more than 1.5 s"):
+        soccernet.read_split_labels(tmp_path, [GAME], durations=durations, tolerance_s=1.5)

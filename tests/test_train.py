@@ -42,7 +42,7 @@ VALID = ["lg/2020-2021/2020-09-05 - 20-00 V 0 - 0 W"]
 HALF_FRAMES = 24  # 12 s per half at 2 fps
 MODEL = {"arch": "vivit_demo", "frames": 8, "size": 32, "temporal_depth": 1, "drop_path": 0.1}
 FINETUNE = {"init": "scratch", "head_epochs": 0, "epochs": 2, "lr": 0.05, "batch_size": 4, "windows_per_game": 4,
-            "validate_every": 0, "mixup_alpha": 0.1, "mask_ratio": 0.25, "augment": {"blur_p": 0.0},
+            "head_validate_every": 0, "validate_every": 0, "mixup_alpha": 0.1, "mask_ratio": 0.25, "augment": {"blur_p": 0.0},
             "ignore_s": 1.0}
 
 
@@ -128,6 +128,10 @@ def test_warmup_then_cosine():
     assert values[100] == pytest.approx(0.01) and values[104] == pytest.approx(0.01)
     assert all(a >= b for a, b in zip(values[10:], values[11:]))  # never rises after the warm-up
     assert lr_multiplier(0, 10, 0) == 1.0
+    # A warm-up from the authors' warmup_start_lr (here 1% of the peak): linear from it to the peak.
+    started = [lr_multiplier(s, total, warmup, 0.01, start_ratio=0.01) for s in range(12)]
+    assert started[0] == pytest.approx(0.01 + 0.099) and started[4] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert started[9] == pytest.approx(1.0) and started[10] == pytest.approx(1.0)
 
 
 def test_no_weight_decay_on_biases_norms_embeddings_and_tokens():
@@ -279,7 +283,8 @@ def test_three_steps_hand_off_and_write_their_parts(data, tmp_path):
     s2 = read_checkpoint(tmp_path / "s2" / "out.pt")
     assert s2["parts"] == ["spatial", "temporal"]
 
-    step = {**FINETUNE, "init": "pretrain_temporal", "head_epochs": 1, "epochs": 1, "validate_every": 1}
+    step = {**FINETUNE, "init": "pretrain_temporal", "head_epochs": 1, "epochs": 1, "head_validate_every": 1,
+            "validate_every": 1, "select": "best_valid"}
     assert finetune.main(_finetune_args(data, tmp_path / "s3", step, "--init", str(tmp_path / "s2" / "out.pt"))) == 0
     s3 = read_checkpoint(tmp_path / "s3" / "out.pt")
     assert s3["parts"] == ["head", "spatial", "temporal"] and s3["extra"]["classes"] == CLASSES
@@ -308,10 +313,14 @@ def test_classifier_phase_trains_the_head_only(data, tmp_path):
     assert not torch.equal(out["head.fc.weight"], before["head.fc.weight"])
 
 
-def test_head_bias_starts_at_the_class_priors(data, tmp_path):
+def test_head_starts_as_the_authors_or_at_the_class_priors(data, tmp_path):
     step = {**FINETUNE, "epochs": 1, "lr": 1e-12, "mixup_alpha": 0.0}
-    assert finetune.main(_finetune_args(data, tmp_path, step)) == 0
-    bias = _weights(tmp_path / "out.pt")["head.fc.bias"]
+    assert finetune.main(_finetune_args(data, tmp_path / "plain", step)) == 0
+    head = _weights(tmp_path / "plain" / "out.pt")
+    assert torch.all(head["head.fc.bias"].abs() < 1e-9)  # the authors: bias 0 (lr 1e-12 leaves it there)
+    assert float(head["head.fc.weight"].std()) == pytest.approx(0.01, rel=0.25)  # normal(0, 0.01)
+    assert finetune.main(_finetune_args(data, tmp_path / "prior", {**step, "head_prior": True})) == 0
+    bias = _weights(tmp_path / "prior" / "out.pt")["head.fc.bias"]
     assert torch.all(bias < -0.5)  # log-odds of rare positives, not 0
 
 
@@ -364,7 +373,8 @@ def _finetune_cmd(data: Path, work: Path, step: dict, workers: int = 0) -> list[
 def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(data, tmp_path):
     """Run A uninterrupted (no data workers); run B (2 workers) killed at a random point after its first
     epoch checkpoint, then rerun (1 worker, with progress lines): B's weights equal A's, bit for bit."""
-    step = {**FINETUNE, "head_epochs": 2, "epochs": 6, "windows_per_game": 16, "validate_every": 3}
+    step = {**FINETUNE, "head_epochs": 2, "epochs": 6, "windows_per_game": 16, "validate_every": 3,
+            "select": "best_valid"}
     subprocess.run(_finetune_cmd(data, tmp_path / "a", step), check=True, env=_env(), timeout=300)
 
     last = tmp_path / "b" / "work" / "last.pt"

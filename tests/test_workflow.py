@@ -77,8 +77,9 @@ def finished(tmp_path_factory):
     return workdir
 
 
-DOWNSTREAM_OF_PCA = {"pca": 1, "pretrain_temporal": 1, "finetune": 1, "predict": 1, "ensemble": 1,
-                     "postprocess": 1, "evaluate": 2, "report": 1, "all": 1}
+# Per split: postprocess and evaluate run for each seed's model and for their ensemble (one seed here).
+AFTER_FINETUNE = {"predict": 1, "ensemble": 1, "postprocess": 2, "evaluate": 4, "report": 1, "all": 1}
+DOWNSTREAM_OF_PCA = {"pca": 1, "pretrain_temporal": 1, "finetune": 1, **AFTER_FINETUNE}
 
 
 @pytest.mark.slow
@@ -90,11 +91,17 @@ def test_whole_dag_runs(finished):
         assert len(h5["halves"]) == 3
     metrics = json.loads((finished / "results" / "metrics.json").read_text())
     assert set(metrics) == {"test"} and set(metrics["test"]) == {"tight", "loose"}
-    assert set(metrics["test"]["tight"]) >= {"a_mAP", "a_mAP_per_class", "a_mAP_visible", "a_mAP_unshown"}
-    for path in ["results/report/ap_table.html", "results/report/pr_curves.png", "results/submissions/test.zip",
+    tight = metrics["test"]["tight"]
+    assert set(tight) >= {"a_mAP", "a_mAP_per_class", "a_mAP_visible", "a_mAP_unshown", "seeds", "seed_mean"}
+    # one seed: its model is the ensemble's only member, so the two score alike
+    assert list(tight["seeds"]) == ["0"] and tight["seeds"]["0"]["a_mAP"] == pytest.approx(tight["a_mAP"], abs=1e-12)
+    assert tight["seed_mean"]["a_mAP"] == tight["seeds"]["0"]["a_mAP"] and tight["seed_std"]["a_mAP"] == 0.0
+    for path in ["results/report/ap_table.html", "results/report/pr_curves.png",
+                 "results/submissions/ensemble/test.zip", "results/submissions/seed0/test.zip",
+                 "results/checkpoints/pretrain_spatial_seed0.pt", "results/checkpoints/pretrain_temporal_seed0.pt",
                  "logs/demo_data.log", "logs/finetune/seed0.log", "benchmarks/pca.tsv"]:
         assert (finished / path).is_file(), path
-    assert list((finished / "results" / "predictions" / "test").glob("*/*/*/results_spotting.json"))
+    assert list((finished / "results" / "predictions" / "ensemble" / "test").glob("*/*/*/results_spotting.json"))
 
 
 @pytest.mark.slow
@@ -129,11 +136,54 @@ def jobs_with(workdir, **sections):
 @pytest.mark.slow
 def test_config_change_reruns_exactly_the_rules_that_use_it(finished):
     assert jobs_with(finished, pca={"dims": 8}) == DOWNSTREAM_OF_PCA
-    assert jobs_with(finished, postprocess={"nms": "hard"}) == {"postprocess": 1, "evaluate": 2, "report": 1,
+    assert jobs_with(finished, postprocess={"nms": "hard"}) == {"postprocess": 2, "evaluate": 4, "report": 1,
                                                                 "all": 1}
     everything = {k: v for k, v in planned_jobs(finished, "--forceall").items() if k != "demo_data"}
     assert jobs_with(finished, extract={"fps": 2.0, "quality": 4}) == everything
     assert jobs_with(finished, tracking={"experiment": "another"}) == {}
+
+
+@pytest.mark.slow
+def test_key_order_comments_and_formatting_rerun_nothing(finished):
+    path = finished / "config" / "config.yaml"
+    text = "# the same config, keys sorted, flow style and comments\n" + yaml.safe_dump(
+        TINY, sort_keys=True, default_flow_style=True, width=60)
+    path.write_text(text)
+    try:
+        assert planned_jobs(finished) == {}
+    finally:
+        write_config(finished, TINY)
+
+
+@pytest.mark.slow
+def test_edited_labels_rerun_exactly_the_rules_that_read_them(finished):
+    games = {s: (finished / "resources" / "demo" / "splits" / f"{s}.txt").read_text().split("\n")[0]
+             for s in ("train", "test")}
+
+    def jobs_after_cutting(split):
+        path = finished / "resources" / "demo" / "SoccerNet" / games[split] / "Labels-v2.json"
+        original, stat = path.read_text(), path.stat()
+        document = json.loads(original)
+        document["annotations"] = document["annotations"][:5]
+        path.write_text(json.dumps(document))
+        try:
+            return planned_jobs(finished)
+        finally:
+            path.write_text(original)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    assert jobs_after_cutting("test") == {"evaluate": 4, "report": 1, "all": 1}
+    assert jobs_after_cutting("train") == {"finetune": 1, **AFTER_FINETUNE}
+    assert planned_jobs(finished) == {}
+
+
+@pytest.mark.slow
+def test_seeds_run_every_step_unless_pretraining_is_shared(finished):
+    per_seed = {"pretrain_spatial": 1, "pretrain_temporal": 1, "finetune": 1, "predict": 1, "ensemble": 1,
+                "postprocess": 2, "evaluate": 4, "report": 1, "all": 1}  # seed 1's chain; the ensemble's again
+    assert jobs_with(finished, seeds=[0, 1]) == per_seed
+    shared = {k: v for k, v in per_seed.items() if not k.startswith("pretrain")}
+    assert jobs_with(finished, seeds=[0, 1], share_pretraining=True) == shared
 
 
 @pytest.mark.slow
@@ -156,9 +206,7 @@ def test_code_change_reruns_only_the_stage_that_runs_it(finished):
     assert jobs_after(tracking, original[tracking] + "\nUNUSED = 1\n") == {}  # bookkeeping
     assert jobs_after(report, original[report] + "\nUNUSED = 1\n") == {"report": 1, "all": 1}
     # NMS code is also fine-tuning's (its validation spots events), so fine-tuning reruns with it.
-    assert jobs_after(nms, original[nms] + "\nUNUSED = 1\n") == {"finetune": 1, "predict": 1, "ensemble": 1,
-                                                                  "postprocess": 1, "evaluate": 2, "report": 1,
-                                                                  "all": 1}
+    assert jobs_after(nms, original[nms] + "\nUNUSED = 1\n") == {"finetune": 1, **AFTER_FINETUNE}
 
 
 @pytest.mark.slow

@@ -189,7 +189,11 @@ def write_bank(
             features = load_features(path, model.mean.shape[0])
             if (game, half) in durations:
                 check_length(path, features.shape[0], durations[(game, half)], tolerance_s)
-            ds = h5.create_dataset(f"halves/{game_slug(game)}/{half}", data=model.project(features))
+            projected = model.project(features)
+            bad = np.flatnonzero(~np.isfinite(projected).all(axis=1))
+            if bad.size:  # a NaN/inf input row makes its projected row non-finite: refuse, as for the fit rows
+                raise InputError(f"{path}: non-finite value in the features ({bad.size} rows, first row {bad[0]})")
+            ds = h5.create_dataset(f"halves/{game_slug(game)}/{half}", data=projected)
             ds.attrs["game"] = game
             ds.attrs["half"] = half
 

@@ -103,6 +103,20 @@ def read_game_list(path: str | Path) -> list[str]:
     return games
 
 
+def read_game_lists(paths: list[str | Path]) -> list[str]:
+    """The games of several split lists (e.g. train + valid), in order; a game in two lists is an error
+    naming both files."""
+    games: list[str] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        for game in read_game_list(path):
+            if game in seen:
+                raise InputError(f"{path}: game {game!r} is also in {seen[game]}")
+            seen[game] = Path(path)
+            games.append(game)
+    return games
+
+
 def parse_game_time(value: object, source: str) -> tuple[int, float]:
     """``"1 - 16:39"`` -> (half 1, 999.0 s). ``source`` names the file and entry for errors."""
     match = re.fullmatch(r"\s*([12])\s*-\s*(\d+):(\d{1,2})\s*", str(value))
@@ -116,14 +130,16 @@ def read_labels(
     game: str,
     classes: tuple[str, ...] = SOCCERNET_V2_CLASSES,
     half_durations: dict[int, float] | None = None,
+    tolerance_s: float = 0.0,
 ) -> pd.DataFrame:
     """Parse a game's ``Labels-v2.json`` into a table with columns :data:`LABEL_COLUMNS`.
 
     ``time_s`` is ``position`` (milliseconds within the half) / 1000; where ``position`` is
     missing, the time of ``gameTime`` is used, as the official scorer does. ``class_index`` indexes
     ``classes``; labels not in ``classes`` are skipped with one warning per file that names them and
-    counts them. With ``half_durations`` (seconds per half), a label past the end of its half is an
-    error. Raises :class:`InputError` naming the file and the entry for malformed input.
+    counts them. With ``half_durations`` (seconds per half), a label past the end of its half by at most
+    ``tolerance_s`` is kept (real annotations can sit slightly past the end of a video) with one warning per
+    file that names and counts them; one further past is an error. Raises :class:`InputError` naming the file and the entry for malformed input.
     """
     import pandas as pd
 
@@ -140,6 +156,7 @@ def read_labels(
 
     index = {name: i for i, name in enumerate(classes)}
     skipped: dict[str, int] = {}
+    late: list[str] = []
     rows = []
     for k, item in enumerate(annotations):
         where = f"{path}: annotations[{k}]"
@@ -163,10 +180,12 @@ def read_labels(
         if time_s < 0:
             raise InputError(f"{where}: field 'position' is negative ({time_s} s)")
         if half_durations is not None and time_s > half_durations[half]:
-            raise InputError(
-                f"{where}: field 'position' = {time_s:.3f} s is beyond the end of half {half} "
-                f"({half_durations[half]:.3f} s)"
-            )
+            if time_s > half_durations[half] + tolerance_s:
+                raise InputError(
+                    f"{where}: field 'position' = {time_s:.3f} s is beyond the end of half {half} "
+                    f"({half_durations[half]:.3f} s) by more than {tolerance_s:g} s"
+                )
+            late.append(f"{item['gameTime']} {label}")
         visibility = item.get("visibility", "visible")
         if visibility not in VISIBILITIES:
             raise InputError(f"{where}: field 'visibility' {visibility!r} is not one of {list(VISIBILITIES)}")
@@ -174,6 +193,9 @@ def read_labels(
     if skipped:
         counts = ", ".join(f"{name!r} x{n}" for name, n in sorted(skipped.items()))
         warnings.warn(f"{path}: skipped {sum(skipped.values())} labels outside the class list: {counts}", stacklevel=2)
+    if late:
+        warnings.warn(f"{path}: {len(late)} labels lie past the end of their half's video (within {tolerance_s:g} s), "
+                      f"kept: {', '.join(late)}", stacklevel=2)
     table = pd.DataFrame(rows, columns=list(LABEL_COLUMNS))
     return table.astype({"half": "int64", "time_s": "float64", "class_index": "int64"})
 
@@ -183,17 +205,19 @@ def read_split_labels(
     games: list[str],
     classes: tuple[str, ...] = SOCCERNET_V2_CLASSES,
     durations: dict[tuple[str, int], float] | None = None,
+    tolerance_s: float = 0.0,
 ) -> pd.DataFrame:
     """The label tables of several games, concatenated, sorted by game, half and time.
 
-    ``durations``: seconds covered by each (game, half), e.g. by its frames; a label past it is an error.
+    ``durations``: seconds covered by each (game, half), e.g. by its frames; a label past it by more than
+    ``tolerance_s`` is an error (see :func:`read_labels`).
     """
     import pandas as pd
 
     def halves_of(game: str) -> dict[int, float] | None:
         return None if durations is None else {h: durations[(game, h)] for h in HALVES}
 
-    tables = [read_labels(root, game, classes, halves_of(game)) for game in games]
+    tables = [read_labels(root, game, classes, halves_of(game), tolerance_s) for game in games]
     if not tables:
         return pd.DataFrame(columns=list(LABEL_COLUMNS))
     table = pd.concat(tables, ignore_index=True)

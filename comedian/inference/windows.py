@@ -37,8 +37,9 @@ returned. Padded frames never produce rows of their own.
 Input normalisation
 -------------------
 :func:`frames_to_input` is the one conversion of uint8 RGB frames to the model's input, for
-training and inference alike: ``(x / 255 - mean) / std`` per channel with the ImageNet statistics
-(timm's ``IMAGENET_DEFAULT_MEAN`` / ``_STD``), channels moved before height and width.
+training and inference alike: ``(x / 255 - mean) / std`` per channel with the authors' statistics
+(mean 0.45, std 0.225 on every channel: eztorch's ``transform/soccernet/normalize``), channels moved before
+height and width.
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Per-channel (RGB) mean and standard deviation of the input normalisation, on [0, 1] pixel values
-#: (ImageNet's, as timm's ``IMAGENET_DEFAULT_MEAN`` / ``IMAGENET_DEFAULT_STD``).
-INPUT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-INPUT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: (the authors': 0.45 / 0.225 on every channel, eztorch ``configs/transform/soccernet/normalize.yaml``).
+INPUT_MEAN: tuple[float, float, float] = (0.45, 0.45, 0.45)
+INPUT_STD: tuple[float, float, float] = (0.225, 0.225, 0.225)
 MERGES: tuple[str, ...] = ("max", "mean")
 #: Tolerance when converting seconds to whole tokens (so 6.0 s at 1 s per token is 6 tokens, not 7).
 _EPS = 1e-9

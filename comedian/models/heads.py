@@ -30,13 +30,15 @@ class SpottingHead(nn.Module):
 
     Returns logits: the sigmoid (one independent probability per class) belongs to the loss
     (``binary_cross_entropy_with_logits``) and to inference (``torch.sigmoid``), not to this module.
+    Initialised as the authors' classifier: weights normal(0, 0.01), bias 0.
     """
 
     def __init__(self, dim: int, num_classes: int = 17) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.fc = nn.Linear(dim, num_classes)
-        _init_linear(self)
+        nn.init.normal_(self.fc.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.fc(tokens)

@@ -110,7 +110,8 @@ def tube_mask(
         batch_size: B.
         num_tokens: L, tokens per clip.
         ratio: fraction of tokens to mask, in [0, 1].
-        tube_length: tokens per tube (2 in the authors' code; 1 = independent tokens).
+        tube_length: TOKENS per tube (1 = independent tokens, the authors' setting: their
+            ``temporal_mask_tube = 2`` counts frames, i.e. one 2-frame tubelet).
         generator: CPU ``torch.Generator``; the same seed gives the same mask.
         device: device of the returned mask (drawn on CPU, then moved).
 

@@ -6,22 +6,32 @@ augmented clip-consistently. Targets (:func:`comedian.data.targets.token_targets
 class c when an action of c lies within ``radius_s`` (0.5 s) of it, a token when either of its frames is.
 
 Loss: per-token, per-class binary cross-entropy on the head's logits (Eq. 7); with ``mixup_alpha`` > 0 each
-batch is mixed with a permutation of itself with lambda ~ Beta(alpha, alpha), and the loss mixed with the
-same weight (:func:`comedian.losses.spotting.mixup`). A ratio ``mask_ratio`` (alpha2) of the spatial tokens
-is replaced by the learned mask token (each clip's mask drawn from its sample key, so reproducible).
+clip is mixed with another clip of the batch (a permutation) with its OWN lambda ~ Beta(alpha, alpha), and
+its loss mixed with that weight (:func:`comedian.losses.spotting.mixup`, the authors' ``SpottingMixup``).
 
 Phases: first the classifier alone (``head_epochs``; spatial and temporal transformers frozen, in eval
-mode), then the whole model (``epochs``), each with its own AdamW, warm-up and cosine.
+mode, so no token is masked), then the whole model (``epochs``), each with its own AdamW, warm-up and
+cosine. In the whole-model phase a ratio ``mask_ratio`` (alpha2) of the tokens, in tubes of
+``mask_tube_frames`` frames, is replaced by the learned mask token (each clip's mask drawn from its sample
+key, so reproducible).
+
+Training games: the split lists given by ``--train-list`` (``train_splits``: train for the ablations,
+train + valid for the test split, every annotated split for the challenge). Labels past the end of a
+half's frames by at most ``label_tolerance_s`` give positives only to the frames within their radius that
+exist; further past is an error.
 
 Initialisation (``init``, the paper's Table 5 ablation through one DAG): ``pretrain_temporal`` (step 2's
 spatial + temporal weights), ``pretrain_spatial`` (step 1's spatial weights; temporal copied from the first
 spatial blocks as step 2 would), or ``scratch``; ``--init`` names the checkpoint.
 
-Validation (every ``validate_every`` epochs and after the last): the valid split's halves are scored by
+Validation (every ``head_validate_every`` epochs of the classifier phase and ``validate_every`` of the
+whole-model phase, and at each phase's end; the authors: 15 and 5): the valid split's halves are scored by
 sliding windows (:func:`comedian.inference.windows.score_halves`, ``ignore_s``, ``merge``), each rank
 taking its share of halves; NMS (``nms``, ``nms_window_s``, ``nms_threshold``, as ``comedian postprocess``
 does) turns scores into predictions, scored with the project's official-equivalent t-AmAP
-(:func:`comedian.scoring.score`, tight and loose). The checkpoint with the best tight t-AmAP is the output.
+(:func:`comedian.scoring.score`, tight and loose). The output is the last weights (``select: last``, the
+only honest choice when valid is trained on or evaluated) or those of the best validation tight t-AmAP
+(``select: best_valid``).
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ import torch
 import torch.distributed as dist
 
 from comedian.data.clips import AugmentSpec, ClipAugment, HalfVideo, WindowClips, list_halves
-from comedian.data.soccernet import read_game_list, read_split_labels
+from comedian.data.soccernet import read_game_list, read_game_lists, read_split_labels
 from comedian.data.targets import half_events, token_targets
 from comedian.errors import InputError
 from comedian.inference.windows import frames_to_input, score_halves, window_plan
@@ -60,6 +70,7 @@ from comedian.train.loop import (
     config_params,
     file_identity,
     fingerprint,
+    mask_tube_tokens,
     maybe_compile,
     parse_json_arg,
     run_step,
@@ -70,6 +81,7 @@ from comedian.train.loop import (
 STEP = "finetune"
 INITS = ("pretrain_temporal", "pretrain_spatial", "scratch")
 SCORE_KEY = "valid_tight_amap"
+SELECTIONS = ("last", "best_valid")
 
 #: The authors' fine-tuning augmentations (resize, colour jitter without hue, blur, flip).
 DEFAULT_AUGMENT: dict[str, Any] = {
@@ -92,16 +104,20 @@ class FinetuneSettings:
         windows_per_game: windows per game per epoch.
         sampling: ``uniform`` (authors) or ``random`` windows.
         radius_s: label radius in seconds (a frame is positive within it of an action).
-        mixup_alpha: Beta(alpha, alpha) of mixup; 0 = no mixup.
-        mask_ratio, mask_tube: alpha2 and the tube length of token masking.
+        mixup_alpha: Beta(alpha, alpha) of mixup (one lambda per clip); 0 = no mixup.
+        mask_ratio, mask_tube_frames: alpha2 and the tube length of token masking in FRAMES (2 = one token),
+            in the whole-model phase only.
         frame_cache_mb: decoded frames kept in memory per data process, MB (0 = none; see
             :class:`comedian.data.clips.FrameStore`).
         augment: augmentation set (keys of :class:`~comedian.data.clips.AugmentSpec`).
         head_prior: initialise the classifier's bias to the log-odds of each class's share of positive tokens
-            in the first epoch's windows (RetinaNet's prior initialisation): the BCE then starts at the
-            class priors instead of 0.5, which spares the first epochs spent learning the imbalance.
-        validate_every: validate every this many epochs (and after the last); 0 = never (the output is then
-            the last weights).
+            in the first epoch's windows (RetinaNet's prior initialisation) instead of the authors' 0: the BCE
+            then starts at the class priors instead of 0.5. Off in the paper's configs.
+        train_splits: the splits whose lists ``--train-list`` names (recorded; the rule passes the lists).
+        label_tolerance_s: labels this far past the end of their half's frames are kept, with a warning.
+        head_validate_every, validate_every: validate every this many epochs of the classifier / whole-model
+            phase (and at the phase's end); 0 = never in that phase.
+        select: ``last`` (the last weights) or ``best_valid`` (the weights of the best validation tight t-AmAP).
         ignore_s, merge, nms, nms_window_s, nms_threshold, valid_batch_size: validation inference and NMS.
     """
 
@@ -123,10 +139,14 @@ class FinetuneSettings:
     radius_s: float = 0.5
     mixup_alpha: float = 0.1
     mask_ratio: float = 0.25
-    mask_tube: int = 2
+    mask_tube_frames: int = 2
     augment: Any = None
-    head_prior: bool = True
-    validate_every: int = 10
+    head_prior: bool = False
+    train_splits: tuple[str, ...] = ("train",)
+    label_tolerance_s: float = 5.0
+    head_validate_every: int = 15
+    validate_every: int = 5
+    select: str = "last"
     ignore_s: float = 12.0
     merge: str = "max"
     nms: str = "soft"
@@ -182,16 +202,17 @@ class SpottingModule(StepModule):
     """The spotting model under BCE (+ mixup) and token masking, with validation; see the module docstring.
 
     ``forward({"clip": uint8 (B, T, S, S, 3), "key": (B, 2), "targets": (B, L, C)})`` -> the loss; the
-    token mask of each clip is drawn from its key (:func:`comedian.train.loop.sample_masks`).
+    token mask of each clip is drawn from its key (:func:`comedian.train.loop.sample_masks`) when the whole
+    model trains. ``score_key`` is the validation metric that picks the output (None with ``select: last``).
     """
-
-    score_key = SCORE_KEY
 
     def __init__(self, model: Any, settings: FinetuneSettings, classes: Sequence[str],
                  valid: tuple[list[HalfVideo], pd.DataFrame] | None = None, seed: int = 0) -> None:
         super().__init__()
         self.model = model
         self.settings = settings
+        self.score_key = SCORE_KEY if settings.select == "best_valid" else None
+        self.tube_tokens = mask_tube_tokens(settings.mask_tube_frames, model.tubelet_size, "--step: mask_tube_frames")
         self.seed = seed
         self.classes = list(classes)
         self.valid = valid
@@ -211,8 +232,8 @@ class SpottingModule(StepModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         clip, targets = frames_to_input(batch["clip"]), batch["targets"]
         s = self.settings
-        mask = (sample_masks(batch["key"], targets.shape[1], s.mask_ratio, s.mask_tube, self.seed)
-                if s.mask_ratio > 0 else None)
+        masking = s.mask_ratio > 0 and not self.trunk_frozen  # a frozen trunk runs in eval mode: no mask
+        mask = sample_masks(batch["key"], targets.shape[1], s.mask_ratio, self.tube_tokens, self.seed) if masking else None
         if self.settings.mixup_alpha > 0:
             clip, targets_a, targets_b, lam = mixup(clip, targets, self.settings.mixup_alpha)
             logits = self.model(clip, mask)
@@ -283,6 +304,10 @@ def check_settings(s: FinetuneSettings) -> None:
         raise InputError(f"--step: radius_s: {s.radius_s} must be a finite number of seconds >= 0")
     if s.mixup_alpha < 0:
         raise InputError(f"--step: mixup_alpha: {s.mixup_alpha} must be >= 0")
+    if s.select not in SELECTIONS:
+        raise InputError(f"--step: select: {s.select!r} is not one of {list(SELECTIONS)}")
+    if s.select == "best_valid" and not (s.validate_every > 0 or s.head_validate_every > 0):
+        raise InputError("--step: select is 'best_valid' but validate_every and head_validate_every are 0")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -306,16 +331,17 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     classes = parse_json_arg(args.classes, "--classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise InputError("--classes: must be a non-empty JSON list of class names")
-    if settings.validate_every > 0 and args.valid_list is None:
-        raise InputError("--valid-list: finetune.validate_every > 0 needs the validation split")
-    games = read_game_list(args.train_list)
-    valid_games = read_game_list(args.valid_list) if settings.validate_every > 0 else []
+    validating = settings.validate_every > 0 or settings.head_validate_every > 0
+    if validating and args.valid_list is None:
+        raise InputError("--valid-list: finetune.validate_every / head_validate_every > 0 needs the validation split")
+    games = read_game_lists(args.train_list)
+    valid_games = read_game_list(args.valid_list) if validating else []
     model = build_step_model(model_settings, classes=len(classes))
     initialise(model, settings, args.init)
     halves = list_halves(args.frames_dir, games)
-    labels = read_split_labels(args.root, games, tuple(classes), covered_seconds(halves))
+    labels = read_split_labels(args.root, games, tuple(classes), covered_seconds(halves), settings.label_tolerance_s)
     valid = None
-    if settings.validate_every > 0:
+    if validating:
         valid_halves = list_halves(args.frames_dir, valid_games)
         valid = (valid_halves, read_split_labels(args.root, valid_games, tuple(classes), covered_seconds(valid_halves)))
         for half in valid[0]:  # bad ignore_s / window settings fail now, not after the first epochs
@@ -332,13 +358,13 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
         init_head_prior(model, dataset)
     phases = tuple(p for p in (
         Phase("head", settings.head_epochs, settings.head_lr, settings.head_warmup_epochs,
-              settings.final_lr_ratio, trunk_frozen=True),
-        Phase("full", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio),
+              settings.final_lr_ratio, trunk_frozen=True, validate_every=settings.head_validate_every),
+        Phase("full", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio,
+              validate_every=settings.validate_every),
     ) if p.epochs > 0)
     loop = LoopConfig(
         step=STEP, phases=phases, batch_size=settings.batch_size, weight_decay=settings.weight_decay,
         grad_clip=settings.grad_clip, seed=args.seed, workers=args.workers, precision=settings.precision,
-        validate_every=settings.validate_every,
         fingerprint=fingerprint(STEP, model_settings, settings, args.seed, games, valid_games, classes,
                                 file_identity(args.init)),
     )

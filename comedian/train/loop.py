@@ -103,6 +103,9 @@ class Phase:
         warmup_epochs: linear warm-up length, in epochs (fractions allowed; counted in optimiser steps).
         final_lr_ratio: lr at the end of the cosine, as a fraction of the peak.
         trunk_frozen: the step module freezes its trunk in this phase (fine-tuning's classifier phase).
+        validate_every: validate every this many epochs of the phase and at its end; 0 = never.
+        warmup_start_ratio: lr of the first warm-up step, as a fraction of the peak (the authors'
+            ``warmup_start_lr`` / peak; see :func:`lr_multiplier`).
     """
 
     name: str
@@ -111,6 +114,8 @@ class Phase:
     warmup_epochs: float = 0.0
     final_lr_ratio: float = 0.0
     trunk_frozen: bool = False
+    validate_every: int = 0
+    warmup_start_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,6 @@ class LoopConfig:
         seed: the run's seed.
         workers: DataLoader worker processes per rank (0 = load in the training process).
         precision: ``bf16`` / ``fp16`` autocast or ``fp32``, on CUDA; CPU always runs fp32.
-        validate_every: validate every this many epochs (and after the last); 0 = never.
         prefetch: batches prefetched per worker.
         fingerprint: identity of the run configuration (see :func:`fingerprint`); a ``last.pt`` with another
             fingerprint is not resumed.
@@ -142,7 +146,6 @@ class LoopConfig:
     seed: int = 0
     workers: int = 2
     precision: str = "bf16"
-    validate_every: int = 0
     prefetch: int = 2
     fingerprint: str = ""
 
@@ -166,15 +169,19 @@ def scaled_lr(base_lr: float, global_batch: int) -> float:
     return base_lr * global_batch / 256.0
 
 
-def lr_multiplier(step: int, total_steps: int, warmup_steps: int, final_ratio: float = 0.0) -> float:
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int, final_ratio: float = 0.0,
+                  start_ratio: float = 0.0) -> float:
     """Learning rate of optimiser step ``step`` (0-based) as a fraction of the peak.
 
-    Warm-up: ``(step + 1) / warmup_steps`` for ``step < warmup_steps`` (the first update is not at lr 0);
-    then a cosine from 1 at ``warmup_steps`` to ``final_ratio`` at ``total_steps``:
-    ``final + (1 - final) (1 + cos(pi (step - W) / (K - W))) / 2``. Steps past the end stay at ``final``.
+    Warm-up: linear from ``start_ratio`` (the authors' ``warmup_start_lr`` / peak) to 1,
+    ``start + (1 - start) (step + 1) / W`` for ``step < W = warmup_steps`` (the first update is one
+    increment above the start, so never at lr 0; the authors' first update is at the start itself, a
+    difference of one step in W); then a cosine from 1 at ``warmup_steps`` to ``final_ratio`` at
+    ``total_steps``: ``final + (1 - final) (1 + cos(pi (step - W) / (K - W))) / 2``. Steps past the end stay
+    at ``final``.
     """
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return start_ratio + (1.0 - start_ratio) * (step + 1) / warmup_steps
     span = total_steps - warmup_steps
     if span <= 0:
         return 1.0
@@ -459,7 +466,7 @@ class Trainer:
         total = phase.epochs * self.steps_per_epoch
         warmup = int(round(phase.warmup_epochs * self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_multiplier(s, total, warmup, phase.final_lr_ratio))
+            self.optimizer, lambda s: lr_multiplier(s, total, warmup, phase.final_lr_ratio, phase.warmup_start_ratio))
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -642,7 +649,7 @@ class Trainer:
             metrics = self._train_epoch()
             self.epoch += 1
             trained += 1
-            if cfg.validate_every > 0 and (self.epoch % cfg.validate_every == 0 or self.epoch == cfg.epochs):
+            if self._validation_due():
                 metrics.update(self._validate())
             self.history.append({"epoch": self.epoch, **metrics})
             self._save_last()
@@ -651,6 +658,12 @@ class Trainer:
             self._report(metrics, eta)
         self._write_output()
         return {"epochs": self.epoch, "best": dict(self.best), "history": self.history}
+
+    def _validation_due(self) -> bool:
+        """After the epoch just trained: every ``validate_every`` epochs of its phase, and at the phase's end."""
+        phase = self.config.phases[self.phase_index]
+        done = self.epoch - self._phase_start(self.phase_index)
+        return phase.validate_every > 0 and (done % phase.validate_every == 0 or done == phase.epochs)
 
     def _validate(self) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -731,16 +744,16 @@ def parse_json_arg(text: str, flag: str) -> Any:
         raise InputError(f"{flag}: not valid JSON ({err.msg} at char {err.pos})") from None
 
 
-def sample_masks(keys: torch.Tensor, num_tokens: int, ratio: float, tube: int, seed: int) -> torch.Tensor:
+def sample_masks(keys: torch.Tensor, num_tokens: int, ratio: float, tube_tokens: int, seed: int) -> torch.Tensor:
     """Token masks of a batch, each drawn from its sample's key (the ``key`` of
     :class:`~comedian.data.clips.WindowClips`: epoch, index) and the run's seed: the same sample gets the same
-    mask whatever the batch, rank or worker (:func:`comedian.models.tube_mask`, tubes of ``tube`` tokens).
+    mask whatever the batch, rank or worker (:func:`comedian.models.tube_mask`, tubes of ``tube_tokens`` tokens).
 
     Args:
         keys: (B, 2) int64 (epoch, index), on any device.
         num_tokens: L, tokens per clip.
         ratio: share of tokens masked.
-        tube: tokens per tube.
+        tube_tokens: tokens per tube (see :func:`mask_tube_tokens`).
         seed: the run's seed.
 
     Returns:
@@ -748,9 +761,18 @@ def sample_masks(keys: torch.Tensor, num_tokens: int, ratio: float, tube: int, s
     """
     from comedian.models import tube_mask
 
-    rows = [tube_mask(1, num_tokens, ratio, tube, generator=torch_generator(sample_rng(seed, STREAM_MASK, e, i)))
+    rows = [tube_mask(1, num_tokens, ratio, tube_tokens, generator=torch_generator(sample_rng(seed, STREAM_MASK, e, i)))
             for e, i in keys.tolist()]
     return torch.cat(rows).to(keys.device)
+
+
+def mask_tube_tokens(tube_frames: int, frames_per_token: int, field: str) -> int:
+    """Tokens per mask tube from a setting counted in frames (``mask_tube_frames``, as the authors'
+    ``temporal_mask_tube``): 2 frames = one 2-frame tubelet = one token. InputError naming ``field`` when
+    the frames do not make whole tokens."""
+    if tube_frames < frames_per_token or tube_frames % frames_per_token:
+        raise InputError(f"{field}: {tube_frames} frames is not a whole number of {frames_per_token}-frame tokens")
+    return tube_frames // frames_per_token
 
 
 def settings_from(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
@@ -829,7 +851,8 @@ def add_common_arguments(parser: Any) -> None:
     """The flags of every training step (see each step's ``main``)."""
     parser.add_argument("--root", required=True, type=Path, help="SoccerNet-v2 data root (labels)")
     parser.add_argument("--frames-dir", required=True, type=Path, help="packed frames: <dir>/<game_slug>/<half>.h5")
-    parser.add_argument("--train-list", required=True, type=Path, help="split list of the training games")
+    parser.add_argument("--train-list", required=True, type=Path, action="append",
+                        help="split list of training games (repeat for several splits, e.g. train and valid)")
     parser.add_argument("--model", required=True, help="the config's model section, as JSON")
     parser.add_argument("--step", required=True, help="the config's section of this step, as JSON")
     parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")

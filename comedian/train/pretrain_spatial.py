@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from comedian.data.clips import AugmentSpec, ClipAugment, SubVideoPairs, list_halves
-from comedian.data.soccernet import read_game_list
+from comedian.data.soccernet import read_game_lists
 from comedian.errors import InputError
 from comedian.inference.windows import frames_to_input
 from comedian.losses.moco import FeatureQueue, all_gather, moco_loss
@@ -73,11 +73,14 @@ class SpatialSettings:
         batch_size: global batch of sub-videos.
         lr: base lr per 256 samples.
         final_lr_ratio: lr at the end of the cosine / peak lr.
+        warmup_start_ratio: lr of the first warm-up step / peak lr (the authors' warmup_start_lr: 0).
         weight_decay: AdamW weight decay.
         grad_clip: gradient clipping norm (0 = off).
         temperature: tau of Eq. 2.
         queue_size: negatives kept in the queue (M).
         momentum: EMA momentum at the start (rises to 1).
+        target_mode: ``train`` (the authors: the EMA target runs in train mode, drop path on, as a
+            submodule of their Lightning module) or ``eval``.
         proj_dim, proj_hidden, pred_hidden: projector output / hidden widths, predictor hidden width.
         frame_cache_mb: decoded frames kept in memory per data process, MB (0 = none; see
             :class:`comedian.data.clips.FrameStore`).
@@ -91,11 +94,13 @@ class SpatialSettings:
     batch_size: int = 1024
     lr: float = 5e-4
     final_lr_ratio: float = 0.0
+    warmup_start_ratio: float = 0.0
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     temperature: float = 0.1
     queue_size: int = 65536
     momentum: float = 0.99
+    target_mode: str = "train"
     proj_dim: int = 256
     proj_hidden: int = 1024
     pred_hidden: int = 1024
@@ -140,7 +145,8 @@ class MoCoModule(StepModule):
 
     def train_mode(self) -> None:
         self.train()
-        self.target.eval()
+        if self.settings.target_mode == "eval":
+            self.target.eval()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         views = frames_to_input(torch.cat([batch["view1"], batch["view2"]]))  # (2N, 2, 3, S, S) float
@@ -187,7 +193,9 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     settings = settings_from(SpatialSettings, parse_json_arg(args.step, "--step"), "--step (pretrain_spatial)")
     if args.init is not None:
         raise InputError("--init: step 1 starts from scratch; it takes no checkpoint")
-    games = read_game_list(args.train_list)
+    if settings.target_mode not in ("train", "eval"):
+        raise InputError(f"--step: target_mode: {settings.target_mode!r} is not one of ['train', 'eval']")
+    games = read_game_lists(args.train_list)
     model = build_step_model(model_settings, classes=1)  # the head is unused in this step
     module = MoCoModule(model, settings)
     maybe_compile(model, model_settings)
@@ -197,7 +205,8 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
                             settings.frame_cache_mb)
     loop = LoopConfig(
         step=STEP,
-        phases=(Phase("train", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio),),
+        phases=(Phase("train", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio,
+                      warmup_start_ratio=settings.warmup_start_ratio),),
         batch_size=settings.batch_size, weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
         seed=args.seed, workers=args.workers, precision=settings.precision,
         fingerprint=fingerprint(STEP, model_settings, settings, args.seed, games),

@@ -1,14 +1,16 @@
 """Step 2, ``comedian pretrain-temporal``: spatio-temporal distillation of the teacher bank with SCE
 (paper Sec. 3.3, Eq. 3-6).
 
-Samples: random windows of Tg frames (``windows_per_game`` per game per epoch, uniform over the game's
-timeline, :func:`comedian.data.clips.sample_windows` mode ``random``), augmented clip-consistently.
+Samples: windows of Tg frames, ``windows_per_game`` per game per epoch, by default the authors' sampler
+(``sampling: segments``: each half gets ``windows_per_game / 2`` windows, one jittered window inside each of
+as many equal segments, never overlapping; :func:`comedian.data.clips.sample_windows`), augmented
+clip-consistently. Training games: the split lists given by ``--train-list`` (``train_splits``).
 Each token (a 2-frame tubelet, 1 s at 2 fps) is paired with the bank row of its tubelet's middle second
 (:func:`comedian.data.targets.bank_rows`: row floor(token time), row i = second i of the half), read from
 the PCA'd Baidu bank written by ``comedian pca``.
 
 Model (:class:`SCEModule`): the spatial transformer turns each tubelet into a token; a ratio ``mask_ratio``
-(alpha1) of the tokens, in tubes of ``mask_tube`` tokens, is replaced by the learned mask token (each
+(alpha1) of the tokens, in tubes of ``mask_tube_frames`` frames (2 = one token, the authors'), is replaced by the learned mask token (each
 clip's mask drawn from its sample key, so it is reproducible); the temporal transformer contextualises
 the tokens; a projector (D -> 1024 -> 1024 -> 512, GELU) maps every temporal token to the bank's space.
 
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 
 from comedian.data.clips import AugmentSpec, ClipAugment, HalfVideo, WindowClips, list_halves
-from comedian.data.soccernet import game_slug, read_game_list
+from comedian.data.soccernet import game_slug, read_game_lists
 from comedian.data.targets import bank_rows
 from comedian.errors import InputError
 from comedian.inference.windows import frames_to_input
@@ -57,6 +59,7 @@ from comedian.train.loop import (
     config_params,
     file_identity,
     fingerprint,
+    mask_tube_tokens,
     maybe_compile,
     parse_json_arg,
     run_step,
@@ -84,9 +87,11 @@ class TemporalSettings:
         epochs, warmup_epochs, batch_size, lr, final_lr_ratio, weight_decay, grad_clip, precision: the
             optimisation (batch = global clips per step; lr per 256 clips).
         windows_per_game: windows per game per epoch.
-        sampling: ``random`` (authors) or ``uniform`` windows (:func:`comedian.data.clips.sample_windows`).
+        warmup_start_ratio: lr of the first warm-up step / peak (the authors' warmup_start_lr: 1%).
+        sampling: ``segments`` (authors), ``random`` or ``uniform`` windows (:func:`comedian.data.clips.sample_windows`).
         mask_ratio: alpha1, share of tokens replaced by the mask token.
-        mask_tube: tokens per mask tube.
+        mask_tube_frames: FRAMES per mask tube (a multiple of the tubelet's 2 frames; 2 = one token).
+        train_splits: the splits whose lists ``--train-list`` names (recorded; the rule passes the lists).
         lam, temperature, temperature_m: lambda, tau, tau_m of Eq. 3-5.
         negatives: ``clip`` or ``batch`` (see the module docstring).
         queue_size: teacher rows kept as negatives.
@@ -103,14 +108,16 @@ class TemporalSettings:
     batch_size: int = 32
     lr: float = 4e-3
     final_lr_ratio: float = 0.01
+    warmup_start_ratio: float = 0.01
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     precision: str = "bf16"
     frame_cache_mb: float = 0.0
     windows_per_game: int = 150
-    sampling: str = "random"
+    sampling: str = "segments"
     mask_ratio: float = 0.5
-    mask_tube: int = 2
+    mask_tube_frames: int = 2
+    train_splits: tuple[str, ...] = ("train",)
     lam: float = 0.5
     temperature: float = 0.1
     temperature_m: float = 0.05
@@ -190,6 +197,7 @@ class SCEModule(StepModule):
         self.seed = seed
         self.projector = projector(model.dim, bank_dim, settings.proj_hidden)
         self.queue = FeatureQueue(settings.queue_size, bank_dim)
+        self.tube_tokens = mask_tube_tokens(settings.mask_tube_frames, model.tubelet_size, "--step: mask_tube_frames")
         self._keys: torch.Tensor | None = None
 
     def start_phase(self, phase: Phase) -> None:
@@ -200,7 +208,7 @@ class SCEModule(StepModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.settings
         teacher = batch["teacher"]
-        mask = (sample_masks(batch["key"], teacher.shape[1], s.mask_ratio, s.mask_tube, self.seed)
+        mask = (sample_masks(batch["key"], teacher.shape[1], s.mask_ratio, self.tube_tokens, self.seed)
                 if s.mask_ratio > 0 else None)
         z = self.projector(self.model.temporal_tokens(frames_to_input(batch["clip"]), mask))  # (B, L, K)
         loss = sce_loss(z, teacher, self.queue.features, s.lam, s.temperature, s.temperature_m, s.negatives)
@@ -245,7 +253,7 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     """Settings, model (initialised from step 1), SCE module and data of step 2 from the parsed command line."""
     model_settings = settings_from(ModelSettings, parse_json_arg(args.model, "--model"), "--model")
     settings = settings_from(TemporalSettings, parse_json_arg(args.step, "--step"), "--step (pretrain_temporal)")
-    games = read_game_list(args.train_list)
+    games = read_game_lists(args.train_list)
     model = build_step_model(model_settings, classes=1)  # the head is unused in this step
     initialise(model, settings, args.init)
     halves = list_halves(args.frames_dir, games)
@@ -258,7 +266,8 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
                           model.tubelet_size, settings.sampling, extras=bank, cache_mb=settings.frame_cache_mb)
     loop = LoopConfig(
         step=STEP,
-        phases=(Phase("train", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio),),
+        phases=(Phase("train", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio,
+                      warmup_start_ratio=settings.warmup_start_ratio),),
         batch_size=settings.batch_size, weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
         seed=args.seed, workers=args.workers, precision=settings.precision,
         fingerprint=fingerprint(STEP, model_settings, settings, args.seed, games, file_identity(args.init),

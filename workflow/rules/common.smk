@@ -16,6 +16,8 @@ comedian_config.validate(config, " + ".join(str(f) for f in workflow.configfiles
 
 SPLITS = [s for s in ("train", "valid", "test", "challenge") if s in config["dataset"]["splits"]]
 DATA_ROOT = config["dataset"]["root"]
+SEEDS = config["seeds"]
+LABELLED = ("train", "valid", "test")  # the challenge split has no labels
 
 
 def split_games():
@@ -36,6 +38,8 @@ wildcard_constraints:
     game=r"[A-Za-z0-9._\-]+",
     half=r"[12]",
     split=r"train|valid|test|challenge",
+    seed=r"\d+",
+    model=r"seed\d+|ensemble",
 
 
 def video(wildcards):
@@ -48,6 +52,17 @@ def all_frames(splits=SPLITS):
 
 def baidu_files(splits=SPLITS):
     return [str(soccernet.baidu_path(DATA_ROOT, g, h)) for s in splits for g in GAMES[s] for h in soccernet.HALVES]
+
+
+def labels_files(splits):
+    """Every game's Labels-v2.json of the (labelled) splits: an edited label reruns exactly what reads it."""
+    return [str(soccernet.labels_path(DATA_ROOT, g)) for s in splits if s in LABELLED for g in GAMES[s]]
+
+
+def canonical(value):
+    """A config value as a rule parameter: canonical JSON (dicts sorted), so that key order, comments or
+    formatting of the config never rerun a rule, and a value change always does."""
+    return json.dumps(value, sort_keys=True)
 
 
 def demo_outputs():
@@ -79,6 +94,11 @@ def split_flags(wildcards, input):
     return " ".join(f"--split {shlex.quote(path)}" for path in input.others)
 
 
+def train_list_flags(wildcards, input):
+    """``--train-list FILE`` for each split list a training step trains on."""
+    return " ".join(f"--train-list {shlex.quote(path)}" for path in input.train)
+
+
 def splits_dir(wildcards, output):
     """The demo writes its split lists as <dir>/<split>.txt: the config must name them so."""
     dirs = {os.path.dirname(split_list(s)) for s in ("train", "valid", "test")}
@@ -106,8 +126,14 @@ def split_frames(wildcards):
 
 
 def seed_scores(wildcards):
-    """One model's raw scores per fine-tuning seed, for the ensemble."""
-    return [f"results/scores/seed{seed}/{wildcards.split}.h5" for seed in config["ensemble"]["seeds"]]
+    """One model's raw scores per seed, for the ensemble."""
+    return [f"results/scores/seed{seed}/{wildcards.split}.h5" for seed in SEEDS]
+
+
+def pretrain_seed(seed):
+    """The seed of the steps 1-2 a seed's chain starts from: its own (the paper), or the first seed's with
+    ``share_pretraining``."""
+    return SEEDS[0] if config["share_pretraining"] else int(seed)
 
 
 def window_flag():
@@ -119,22 +145,35 @@ def class_flags():
     return "--classes " + " ".join(shlex.quote(c) for c in config["dataset"]["classes"])
 
 
-def metric_files():
-    """results/metrics/<split>_<metric>.json for every evaluated split and metric."""
-    return [f"results/metrics/{s}_{m}.json" for s in config["evaluate"]["splits"] for m in config["evaluate"]["metrics"]]
+def metric_files(model):
+    """results/metrics/<model>/<split>_<metric>.json for every evaluated split and metric of one model."""
+    return [f"results/metrics/{model}/{s}_{m}.json" for s in config["evaluate"]["splits"]
+            for m in config["evaluate"]["metrics"]]
 
 
 def metric_flags(wildcards, input):
-    return " ".join(f"--metrics {os.path.basename(p).split('_')[0]} {p}" for p in input.metrics)
+    """``--metrics SPLIT FILE`` for the ensemble's files, ``--seed-metrics SEED SPLIT FILE`` for each seed's."""
+    def split_of(path):
+        return os.path.basename(path).split("_")[0]
+
+    flags = [f"--metrics {split_of(p)} {p}" for p in input.metrics]
+    flags += [f"--seed-metrics {os.path.basename(os.path.dirname(p))[len('seed'):]} {split_of(p)} {p}"
+              for p in input.seed_metrics]
+    return " ".join(flags)
+
+
+def split_labels(wildcards):
+    """The labels of every game of a split."""
+    return labels_files([wildcards.split])
 
 
 def section_json(name):
     """A config section as one JSON argument: the stage reads it, and a change reruns the rule."""
-    return json.dumps(config[name], sort_keys=True)
+    return canonical(config[name])
 
 
 def classes_json():
-    return json.dumps(config["dataset"]["classes"])
+    return canonical(config["dataset"]["classes"])
 
 
 def launcher(wildcards, resources):
@@ -156,16 +195,39 @@ def torch_threads(wildcards, threads):
 
 
 def temporal_init(wildcards):
-    """Step 2 starts from step 1's spatial weights, or from scratch (pretrain_temporal.init)."""
+    """Step 2 starts from step 1's spatial weights of the same seed, or from scratch (pretrain_temporal.init)."""
     if config["pretrain_temporal"]["init"] == "pretrain_spatial":
-        return {"init": "results/checkpoints/pretrain_spatial.pt"}
+        return {"init": f"results/checkpoints/pretrain_spatial_seed{wildcards.seed}.pt"}
     return {}
 
 
 def finetune_init(wildcards):
     """Step 3 starts from step 2, from step 1 only, or from scratch (finetune.init): Table 5's rows."""
     step = config["finetune"]["init"]
-    return {} if step == "scratch" else {"init": f"results/checkpoints/{step}.pt"}
+    if step == "scratch":
+        return {}
+    return {"init": f"results/checkpoints/{step}_seed{pretrain_seed(wildcards.seed)}.pt"}
+
+
+def finetune_validates():
+    return config["finetune"]["validate_every"] > 0 or config["finetune"]["head_validate_every"] > 0
+
+
+def finetune_data(wildcards):
+    """Fine-tuning's inputs: the frames and labels of its training splits (and of valid when it
+    validates), and their split lists."""
+    splits = list(config["finetune"]["train_splits"])
+    files = {"train": [split_list(s) for s in splits]}
+    if finetune_validates():
+        files["valid"] = split_list("valid")
+        splits = list(dict.fromkeys(splits + ["valid"]))
+    files["frames"] = all_frames(splits)
+    files["labels"] = labels_files(splits)
+    return files
+
+
+def valid_flag(wildcards, input):
+    return f"--valid-list {shlex.quote(input.valid)}" if "valid" in input.keys() else ""
 
 
 def init_flag(wildcards, input):
@@ -173,15 +235,12 @@ def init_flag(wildcards, input):
 
 
 def final_targets():
-    """What `snakemake` builds by default: metrics.json and the report, and the challenge submission."""
-    targets = ["results/metrics.json"]
+    """What `snakemake` builds by default: metrics.json and the report (when a split is evaluated), and the
+    challenge submission of the ensemble."""
+    targets = ["results/metrics.json"] if config["evaluate"]["splits"] else []
     if "challenge" in SPLITS:
-        targets.append("results/submissions/challenge.zip")
+        targets.append("results/submissions/ensemble/challenge.zip")
     return targets
-
-
-if config["report"]["split"] not in config["evaluate"]["splits"]:
-    raise InputError(f"config: report.split = {config['report']['split']!r} must be one of evaluate.splits")
 
 
 # Rules call `python -m comedian`, which finds this checkout in any environment (--sdm conda too).

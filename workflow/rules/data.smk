@@ -12,7 +12,9 @@ if config["demo"] is not None:
             root=data_root,
             splits_dir=splits_dir,
             seed=config["demo"]["seed"],
-            games=config["demo"]["games"],
+            train_games=config["demo"]["games"]["train"],
+            valid_games=config["demo"]["games"]["valid"],
+            test_games=config["demo"]["games"]["test"],
             half_duration_s=config["demo"]["half_duration_s"],
         log:
             "logs/demo_data.log",
@@ -22,8 +24,8 @@ if config["demo"] is not None:
             "../../envs/comedian.yaml"
         shell:
             "python -m comedian demo-data --root {params.root:q} --splits-dir {params.splits_dir:q}"
-            " --seed {params.seed} --train-games {params.games[train]} --valid-games {params.games[valid]}"
-            " --test-games {params.games[test]} --half-duration {params.half_duration_s} > {log} 2>&1"
+            " --seed {params.seed} --train-games {params.train_games} --valid-games {params.valid_games}"
+            " --test-games {params.test_games} --half-duration {params.half_duration_s} > {log} 2>&1"
 
 
 rule extract:

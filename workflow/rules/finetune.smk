@@ -1,12 +1,10 @@
-# Step 3: fine-tuning to action spotting, one model per seed; the best by validation tight t-AmAP.
+# Step 3: fine-tuning to action spotting, one model per seed.
 
 
 rule finetune:
     input:
         unpack(finetune_init),
-        frames=all_frames(["train", "valid"]),
-        train=split_list("train"),
-        valid=split_list("valid"),
+        unpack(finetune_data),
     output:
         "results/checkpoints/finetune_seed{seed}.pt",
     params:
@@ -15,6 +13,8 @@ rule finetune:
         init=init_flag,
         root=data_root,
         frames_dir=frames_dir,
+        train=train_list_flags,
+        valid=valid_flag,
         model=section_json("model"),
         step=section_json("finetune"),
         classes=classes_json(),
@@ -32,7 +32,7 @@ rule finetune:
         "../../envs/comedian.yaml"
     shell:
         "{params.launch} finetune --root {params.root:q} --frames-dir {params.frames_dir}"
-        " --train-list {input.train:q} --valid-list {input.valid:q} --model {params.model:q}"
+        " {params.train} {params.valid} --model {params.model:q}"
         " --step {params.step:q} --classes {params.classes:q} --seed {wildcards.seed} {params.init}"
         " --workdir {params.workdir} --output {output} --workers {params.workers}"
         " --threads {params.torch_threads} > {log} 2>&1"

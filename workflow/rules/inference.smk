@@ -50,20 +50,20 @@ rule ensemble:
 
 rule postprocess:
     input:
-        scores="results/scores/ensemble/{split}.h5",
+        scores="results/scores/{model}/{split}.h5",
         games=split_list_of,
     output:
-        predictions=directory("results/predictions/{split}"),
-        submission="results/submissions/{split}.zip",
+        predictions=directory("results/predictions/{model}/{split}"),
+        submission="results/submissions/{model}/{split}.zip",
     params:
         code=code("postprocess"),
         nms=config["postprocess"]["nms"],
         window_s=config["postprocess"]["window_s"],
         threshold=config["postprocess"]["threshold"],
     log:
-        "logs/postprocess/{split}.log",
+        "logs/postprocess/{model}_{split}.log",
     benchmark:
-        "benchmarks/postprocess/{split}.tsv"
+        "benchmarks/postprocess/{model}_{split}.tsv"
     conda:
         "../../envs/comedian.yaml"
     shell:
