@@ -60,8 +60,8 @@ def labels_files(splits):
 
 
 def canonical(value):
-    """A config value as a rule parameter: canonical JSON (dicts sorted), so that key order, comments or
-    formatting of the config never rerun a rule, and a value change always does."""
+    """A config value as a job parameter: canonical JSON (dicts sorted), so that key order, comments or
+    formatting of the config never rerun a job, and a value change always does."""
     return json.dumps(value, sort_keys=True)
 
 
