@@ -27,8 +27,10 @@ from comedian.train.loop import (
     Phase,
     StepModule,
     Trainer,
+    Phase,
     TrainingDiverged,
     lr_multiplier,
+    mask_tube_tokens,
     param_groups,
     sample_masks,
     scaled_lr,
@@ -416,3 +418,51 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(data, tm
                     "-m", "comedian.train.finetune", *double], check=True, env=_env(), timeout=300)
     _assert_same_weights(_weights(tmp_path / "one" / "out.pt"), _weights(tmp_path / "two" / "out.pt"), atol=2e-5)
     assert torch.load(tmp_path / "two" / "work" / "last.pt", weights_only=True)["world_size"] == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Token masking: the tube unit, and no mask while the trunk is frozen
+
+
+def _runs(mask: torch.Tensor) -> list[int]:
+    """Lengths of the runs of consecutive masked tokens of each row."""
+    out = []
+    for row in mask.tolist():
+        run = 0
+        for masked in row + [False]:
+            if masked:
+                run += 1
+            elif run:
+                out.append(run)
+                run = 0
+    return out
+
+
+def test_mask_tubes_are_counted_in_frames():
+    assert mask_tube_tokens(2, 2, "x") == 1 and mask_tube_tokens(4, 2, "x") == 2  # 2 frames = one tubelet
+    with pytest.raises(InputError, match="mask_tube_frames: 3 frames is not a whole number of 2-frame tokens"):
+        mask_tube_tokens(3, 2, "mask_tube_frames")
+    keys = torch.stack([torch.zeros(400, dtype=torch.long), torch.arange(400)], dim=1)
+    one = sample_masks(keys, 32, 0.25, mask_tube_tokens(2, 2, "x"), seed=0)
+    two = sample_masks(keys, 32, 0.25, mask_tube_tokens(4, 2, "x"), seed=0)
+    assert (one.sum(1) == 8).all() and (two.sum(1) == 8).all()  # floor(0.25 x 32) tokens, whatever the tube
+    # The authors' 2-frame tubes are single tokens, so masked runs are short (about 1.3 tokens on average
+    # for 8 tokens of 32 drawn at random, as the issue measured on theirs); 4-frame tubes give runs of 2 at least.
+    assert 1.15 < np.mean(_runs(one)) < 1.5
+    assert min(_runs(two)) >= 2 and np.mean(_runs(two)) > 2.3
+
+
+def test_no_token_is_masked_while_the_trunk_is_frozen():
+    model = build_model("vivit_demo", frames=8, size=32, classes=3, temporal_depth=1)
+    module = finetune.SpottingModule(model, finetune.FinetuneSettings(mask_ratio=0.5, mixup_alpha=0.0), CLASSES)
+    masks = []
+    forward = model.forward
+    model.forward = lambda clip, mask=None: (masks.append(mask), forward(clip, mask))[1]
+    batch = {"clip": torch.zeros(2, 8, 32, 32, 3, dtype=torch.uint8), "key": torch.tensor([[0, 0], [0, 1]]),
+             "targets": torch.zeros(2, 4, 3)}
+    module.start_phase(Phase("head", 1, 1e-3, trunk_frozen=True))
+    module.forward(batch)
+    module.start_phase(Phase("full", 1, 1e-3))
+    module.forward(batch)
+    assert masks[0] is None  # the classifier phase: frozen trunk in eval mode, as the authors'
+    assert masks[1].sum(1).tolist() == [2, 2]  # the whole-model phase: alpha2 of the 4 tokens
