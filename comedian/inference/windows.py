@@ -47,7 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # torch is imported where it is used
 
 __all__ = [
     "INPUT_MEAN", "INPUT_STD", "MERGES", "WindowPlan", "frames_to_input", "input_size", "window_plan",
-    "score_halves", "score_stream", "sliding_window_scores",
+    "score_halves", "sliding_window_scores", "StreamScorer",
 ]
 
 log = logging.getLogger(__name__)
@@ -439,69 +439,82 @@ class _FrameTail:
         return self.frames[start - self.first : start - self.first + count]
 
 
-def score_stream(
-    model: Any,
-    chunks: Iterable[np.ndarray],
-    fps: float,
-    window_frames: int,
-    ignore_s: float,
-    merge: str = "max",
-    batch_size: int = 8,
-    device: Any = None,
-) -> tuple[np.ndarray, np.ndarray]:
+class StreamScorer:
     """:func:`sliding_window_scores` of a half whose frames arrive in chunks (e.g. decoded from ffmpeg as
     it runs), holding only the frames of the windows not yet scored: memory does not grow with the half.
 
-    The result equals that of :func:`sliding_window_scores` on the same frames: a window that starts
-    before ``ceil(N_so_far / Ts) - L`` tokens is in the plan of the whole half, whatever its length
+    ``push(frames)`` each chunk in order, then ``finish()`` -> ``(scores, times_s)``, equal to what
+    :func:`sliding_window_scores` gives on the same frames: a window that starts before
+    ``ceil(N_so_far / Ts) - L`` tokens is in the plan of the whole half, whatever its length
     (:func:`window_plan`'s regular windows of a longer half start with those of a shorter one, with the
     same kept tokens), so such windows are scored as soon as a batch of them is complete; the rest (the
-    window aligned to the end, or the one padded window of a short half) once the stream ends.
+    window aligned to the end, or the one padded window of a short half) when the stream ends. The model
+    is in eval mode from construction to :meth:`finish` or :meth:`close` (then its mode is restored).
 
     Args:
         model, window_frames, ignore_s, merge, batch_size, device: see :func:`sliding_window_scores`.
-        chunks: uint8 (n, H, W, 3) RGB frames at the model's input size (:func:`input_size`), in order;
-            frame i is at ``i / fps`` s.
-        fps: frames per second of the stream.
+        fps: frames per second of the stream; frame i is at ``i / fps`` s.
 
-    Returns:
-        ``(scores, times_s)`` as :func:`sliding_window_scores`.
-
-    Raises:
-        InputError: a stream without frames, or settings :func:`window_plan` refuses.
+    Pushed frames are uint8 (n, H, W, 3) RGB at the model's input size (:func:`input_size`).
     """
-    scorer = _Scorer(model, window_frames, merge, batch_size, device)
-    ts, length = scorer.ts, window_frames // scorer.ts
-    tail, merger, scored = _FrameTail(fps), None, 0
 
-    def run(plan: WindowPlan, first: int, count: int) -> None:
-        nonlocal merger
-        probs = scorer.probs(_read_windows(tail, plan, first, count, None))
-        merger = merger or _Merger(probs.shape[-1], merge)
+    def __init__(self, model: Any, fps: float, window_frames: int, ignore_s: float, merge: str = "max",
+                 batch_size: int = 8, device: Any = None) -> None:
+        self._scorer = _Scorer(model, window_frames, merge, batch_size, device)
+        self.fps, self.window_frames, self.ignore_s = fps, window_frames, ignore_s
+        self.merge, self.batch_size = merge, batch_size
+        self._tail, self._merger, self._scored = _FrameTail(fps), None, 0
+
+    @property
+    def frames(self) -> int:
+        """Frames pushed so far."""
+        return self._tail.count
+
+    def _plan(self) -> WindowPlan:
+        return window_plan(self._tail.count, self.window_frames, self.ignore_s, self.fps, self._scorer.ts)
+
+    def _run(self, plan: WindowPlan, first: int, count: int) -> None:
+        probs = self._scorer.probs(_read_windows(self._tail, plan, first, count, None))
+        self._merger = self._merger or _Merger(probs.shape[-1], self.merge)
         for b in range(count):
-            merger.add(plan, first + b, probs[b])
+            self._merger.add(plan, first + b, probs[b])
 
-    try:
-        for chunk in chunks:
-            tail.append(np.asarray(chunk, dtype=np.uint8))
-            if -(-tail.count // ts) <= length:
-                continue
-            plan = window_plan(tail.count, window_frames, ignore_s, fps, ts)
-            regular = plan.n_windows - 1  # all but the last window are windows of any longer half too
-            while regular - scored >= batch_size:
-                run(plan, scored, batch_size)
-                scored += batch_size
-            # what is left to score: the next regular window, or the last window (it starts later)
-            keep_from = int(plan.starts[scored]) if scored < regular else int(plan.starts[regular - 1]) + 1
-            tail.drop_before(keep_from * ts)
-        if tail.count == 0:
-            raise InputError("the stream holds no frames")
-        plan = window_plan(tail.count, window_frames, ignore_s, fps, ts)
-        for first in range(scored, plan.n_windows, batch_size):
-            run(plan, first, min(batch_size, plan.n_windows - first))
-    finally:
-        scorer.close()
-    return merger.result(plan), token_times_s(0.0, plan.n_tokens, fps, ts)
+    def push(self, frames: np.ndarray) -> None:
+        """Add the next frames; score the windows that are complete, a batch at a time."""
+        tail, ts = self._tail, self._scorer.ts
+        tail.append(np.asarray(frames, dtype=np.uint8))
+        if -(-tail.count // ts) <= self.window_frames // ts:
+            return
+        plan = self._plan()
+        regular = plan.n_windows - 1  # all but the last window are windows of any longer half too
+        while regular - self._scored >= self.batch_size:
+            self._run(plan, self._scored, self.batch_size)
+            self._scored += self.batch_size
+        # still needed: the next regular window, or the last window (it starts after every regular one)
+        scored = self._scored
+        keep_from = int(plan.starts[scored]) if scored < regular else int(plan.starts[regular - 1]) + 1
+        tail.drop_before(keep_from * ts)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """Score the remaining windows; ``(scores (T, C) float32, times_s (T,) float64)``.
+
+        Raises:
+            InputError: no frames were pushed.
+        """
+        try:
+            if self._tail.count == 0:
+                raise InputError("no frames to score")
+            plan = self._plan()
+            for first in range(self._scored, plan.n_windows, self.batch_size):
+                self._run(plan, first, min(self.batch_size, plan.n_windows - first))
+            return self._merger.result(plan), token_times_s(0.0, plan.n_tokens, self.fps, self._scorer.ts)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Restore the model's mode and drop the held frames."""
+        self._scorer.close()
+        self._tail = _FrameTail(self.fps)
 
 
 def sliding_window_scores(
