@@ -338,3 +338,72 @@ def test_finetune_checkpoints_carry_the_inference_settings(data, tmp_path):  # n
                                   "nms_window_s": 6.0, "nms_threshold": 0.05}
     (model,) = spot.load_models([tmp_path / "out.pt"], "cpu")
     assert (model.window_frames, model.ignore_s, model.nms, model.nms_threshold) == (8, 1.0, "hard", 0.05)
+
+
+# ----------------------------------------------------------------------------------------------
+# A demo-trained checkpoint on a demo video it never saw (slow: the demo DAG up to fine-tuning)
+# ----------------------------------------------------------------------------------------------
+
+UNSEEN_INDEX = 1  # the demo tree's test split holds game 0 only: game 1 of that split is in no split list
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(tmp_path_factory) -> Path:
+    """The README demo's fine-tuned checkpoint: ``config/config.yaml`` (3 train games, steps 1-3), trained by
+    the DAG up to ``results/checkpoints/finetune_seed0.pt`` (no inference or report rules)."""
+    import yaml
+
+    from test_workflow import REPO, snakemake, write_config
+
+    workdir = tmp_path_factory.mktemp("demo_dag")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    write_config(workdir, {**config, "tracking": {**config["tracking"], "experiment": "spot-test"}})
+    snakemake(workdir, "--cores", "2", "results/checkpoints/finetune_seed0.pt")
+    return workdir / "results" / "checkpoints" / "finetune_seed0.pt"
+
+
+def _unseen_demo_video(path: Path, half_duration_s: float = 120.0) -> list:
+    """The first half of a demo game in no split (same seed, test split index UNSEEN_INDEX); its events."""
+    game = demo.demo_game_specs(0, 0, 0, UNSEEN_INDEX + 1)[UNSEEN_INDEX]
+    plan = demo.plan_game(0, game, half_duration_s)
+    demo.encode_video(path, demo.half_frames(0, plan, 1), demo.find_ffmpeg())
+    return plan.half_events(1)
+
+
+def _visible_tight_ap(events: list, predictions: Path) -> tuple[float, list[int]]:
+    """Mean tight AP (visible labels, official rules) over the classes with a visible event in the video."""
+    labels = {"game": np.zeros(len(events), dtype=np.int64), "half": np.ones(len(events), dtype=np.int64),
+              "class_index": np.array([e.class_index for e in events]),
+              "position_ms": np.array([e.position_ms for e in events]),
+              "visible": np.array([e.visibility == "visible" for e in events])}
+    preds = read_prediction_file(predictions, SOCCERNET_V2_CLASSES)
+    preds["game"] = np.zeros(preds["half"].size, dtype=np.int64)
+    result = score(labels, preds, "tight", len(SOCCERNET_V2_CLASSES))
+    present = sorted({e.class_index for e in events if e.visibility == "visible"})
+    return float(np.mean(np.array(result["a_mAP_per_class_visible"])[present])), present
+
+
+@pytest.mark.slow
+def test_demo_checkpoint_spots_an_unseen_video_and_its_720p_reencoding(demo_checkpoint, tmp_path):
+    events = _unseen_demo_video(tmp_path / "unseen.mkv")
+    reencoded = tmp_path / "unseen_720p.mp4"
+    subprocess.run([ffmpeg_binary(), "-loglevel", "error", "-i", str(tmp_path / "unseen.mkv"), "-vf",
+                    "scale=1280:720", "-r", "30", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+                    str(reencoded)], check=True)
+    out = tmp_path / "spots"
+    videos = [str(tmp_path / "unseen.mkv"), str(reencoded)]
+    assert _spot(out, *videos, "--checkpoint", str(demo_checkpoint)) == 0
+    ap, present = _visible_tight_ap(events, out / "unseen" / "results_spotting.json")
+    ap_720, _ = _visible_tight_ap(events, out / "unseen_720p" / "results_spotting.json")
+    print(f"tight AP (visible, {len(present)} classes present): {ap:.3f}; re-encoded 1280x720 30 fps: {ap_720:.3f}")
+    assert ap >= 0.4
+    assert abs(ap_720 - ap) <= 0.1
+    # nearly the same spots: the confident spots of one are (mostly) the other's, same class, within 1 s
+    spots = {}
+    for name in ("unseen", "unseen_720p"):
+        with open(out / name / "spots.csv") as f:
+            spots[name] = [(float(r["time_s"]), r["label"]) for r in csv.DictReader(f) if float(r["confidence"]) >= 0.5]
+    for a, b in (("unseen", "unseen_720p"), ("unseen_720p", "unseen")):
+        assert spots[a], a
+        matched = [any(lb == la and abs(tb - ta) <= 1.0 for tb, lb in spots[b]) for ta, la in spots[a]]
+        assert np.mean(matched) >= 0.8, (a, spots[a], spots[b])
