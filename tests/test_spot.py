@@ -72,7 +72,7 @@ def test_streamed_windows_equal_sliding_windows(merge):
     """Any half length, window, edge rule, batch and chunk size: the same scores as comedian predict's."""
     warnings.simplefilter("ignore")  # the plan's warning for ignore_s > window / 4
     for n, window, ignore_s, batch, chunk in itertools.product(
-        [1, 7, 8, 9, 17, 33, 65, 131], [2, 8, 16], [0.0, 1.0, 3.0], [1, 3, 8], [1, 5, 64]
+        [1, 8, 9, 33, 131], [2, 8, 16], [0.0, 1.0, 3.0], [1, 3], [1, 7, 64]
     ):
         if 2 * math.ceil(ignore_s) >= window // 2 and math.ceil(n / 2) > window // 2:
             continue  # refused by window_plan (tested in test_inference)
