@@ -274,7 +274,7 @@ def test_mismatched_checkpoints_are_refused(files, tmp_path):
     assert spot.spot_settings(a + spot.load_models([tmp_path / "c.pt"], "cpu"), threshold=0.1).nms_threshold == 0.1
     with pytest.raises(InputError, match="d.pt: classes"):
         spot.spot_settings(a + spot.load_models([tmp_path / "d.pt"], "cpu"))
-    renorm = {**INFERENCE, "input_mean": [0.45] * 3}
+    renorm = {**INFERENCE, "input_mean": [m + 0.1 for m in INPUT_MEAN]}  # another normalisation than ours
     save_checkpoint(tmp_path / "e.pt", make_checkpoint(model, "finetune", extra={"classes": CLASSES, "inference": renorm}))
     with pytest.raises(InputError, match="e.pt: trained with input mean"):
         spot.load_models([tmp_path / "e.pt"], "cpu")
