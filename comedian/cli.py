@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "postprocess": "comedian.postprocess",
     "evaluate": "comedian.scoring",
     "report": "comedian.report",
+    "spot": "comedian.spot",
 }
 
 

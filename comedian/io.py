@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,3 +27,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_dir(tmp: str | Path, target: str | Path) -> None:
+    """Put the finished folder ``tmp`` at ``target`` (renames, same file system), replacing an existing
+    folder or file; build ``tmp`` beside ``target`` under a temporary name, so that a failure before this
+    call leaves no partial ``target``."""
+    tmp, target = Path(tmp), Path(target)
+    if target.is_dir() and not target.is_symlink():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(tmp, target)

@@ -47,7 +47,7 @@ import numpy as np
 
 from comedian.data.soccernet import HALVES, game_slug, read_game_list
 from comedian.errors import InputError
-from comedian.io import atomic_path
+from comedian.io import atomic_path, replace_dir
 
 NMS_KINDS: tuple[str, ...] = ("soft", "hard")
 RESULTS_FILE = "results_spotting.json"
@@ -428,20 +428,6 @@ def write_zip(path: str | Path, files: dict[str, Path]) -> None:
                 archive.writestr(info, files[name].read_bytes())
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Put the finished folder ``tmp`` at ``target``, replacing an existing one."""
-    if target.is_dir() and not target.is_symlink():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        if target.exists() or target.is_symlink():
-            target.unlink()
-        os.replace(tmp, target)
-
-
 def write_results(
     scores_path: str | Path,
     output: str | Path,
@@ -496,7 +482,7 @@ def write_results(
             files[f"{game}/{RESULTS_FILE}"] = target
         if zip_path is not None:
             write_zip(zip_path, files)
-        _replace_dir(tmp, output)
+        replace_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

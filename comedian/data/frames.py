@@ -71,7 +71,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +221,124 @@ def _last_error_line(stderr: str) -> str:
     return lines[-1] if lines else "no output"
 
 
+class VideoJpegStream:
+    """The extraction's ffmpeg process for one video: its frames at ``fps`` as a stream of JPEGs.
+
+    One ffmpeg command for every user of the frame time convention (module docstring): decode, the
+    filter ``fps=F:round=up:start_time=0``, MJPEG at ``-q:v quality`` to stdout. Iterate
+    :meth:`chunks` (the bytes as ffmpeg writes them, :attr:`ends` marking where each complete JPEG
+    ends) or :meth:`jpegs` (one JPEG at a time, holding only the current piece of the stream). When
+    the iteration ends normally, ffmpeg has decoded the video to its end and the video passed the
+    checks of a whole video (exit status, no bytes after the last JPEG, frames up to the duration
+    that the file states, few corrupt input frames); :attr:`count`, :attr:`duration_s` and
+    :attr:`corrupt_frames` are then set. Stopping early (closing the iterator) kills ffmpeg.
+
+    Args:
+        video, fps, quality, ffmpeg, threads, max_missing_s, max_corrupt_fraction: as
+            :func:`extract_frames`.
+
+    Raises:
+        InputError: one line naming the video, for bad arguments (when built), and for a missing,
+            truncated or corrupt video or one without frames (during or at the end of the iteration).
+    """
+
+    def __init__(self, video: str | Path, fps: float = DEFAULT_FPS, quality: int = DEFAULT_QUALITY,
+                 ffmpeg: str | Path | None = None, threads: int = 0, max_missing_s: float = 1.0,
+                 max_corrupt_fraction: float = 0.01) -> None:
+        self.video = Path(video)
+        if not self.video.is_file():
+            raise InputError(f"{self.video}: video file not found")
+        if not fps > 0:
+            raise InputError(f"fps: must be > 0, got {fps}")
+        if not 1 <= int(quality) <= 31:
+            raise InputError(f"quality: ffmpeg q:v must be in 1..31, got {quality}")
+        if int(threads) < 0:
+            raise InputError(f"threads: must be >= 0, got {threads}")
+        self.fps, self.quality, self.threads = float(fps), int(quality), int(threads)
+        self.max_missing_s, self.max_corrupt_fraction = max_missing_s, max_corrupt_fraction
+        self.exe = ffmpeg_binary(ffmpeg)
+        self.ends: list[int] = []
+        self.count: int | None = None
+        self.duration_s: float | None = None
+        self.corrupt_frames: int | None = None
+        self._log: list[bytes] = []
+        self._stated_s: float | None = None
+
+    def stated_duration_s(self) -> float | None:
+        """The duration (s) that the file states, once ffmpeg has logged its header (else None):
+        known before the frames are decoded, e.g. for a progress estimate."""
+        if self._stated_s is None and self._log:
+            self._stated_s = parse_ffmpeg_log(b"".join(list(self._log)).decode("utf-8", "replace")).duration_s
+        return self._stated_s
+
+    def chunks(self) -> Iterator[bytes]:
+        """The JPEG stream in pieces of at most ~1 MB; :attr:`ends` grows as JPEGs complete."""
+        import ffmpeg as ffmpeg_python
+
+        stream = ffmpeg_python.input(str(self.video), threads=self.threads).video
+        stream = stream.filter("fps", fps=f"{self.fps:g}", round="up", start_time=0)
+        out = ffmpeg_python.output(
+            stream, "pipe:", format="image2pipe", vcodec="mjpeg", fps_mode="passthrough",
+            threads=1, qmin=1, **{"q:v": self.quality},
+        )
+        cmd = [self.exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info"]
+        video = self.video
+        proc = out.run_async(cmd=cmd, pipe_stdout=True, pipe_stderr=True)
+        self._log.clear()
+        err_thread = threading.Thread(target=lambda: self._log.extend(iter(proc.stderr.readline, b"")), daemon=True)
+        err_thread.start()
+        splitter = JpegSplitter()
+        self.ends = splitter.ends
+        try:
+            while chunk := proc.stdout.read1(_READ_BYTES):
+                splitter.feed(chunk)
+                yield chunk
+            rc = proc.wait()
+            splitter.close()
+        except ValueError as err:  # from the splitter: not a stream of JPEGs
+            raise InputError(f"{video}: ffmpeg wrote a broken JPEG stream: {err}") from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            err_thread.join()
+        stderr = b"".join(self._log).decode("utf-8", "replace")
+        if rc != 0:
+            if "matches no streams" in stderr:
+                raise InputError(f"{video}: no video stream")
+            raise InputError(f"{video}: ffmpeg failed (exit {rc}): {_last_error_line(stderr)}")
+        count = len(splitter.ends)
+        if count == 0:
+            raise InputError(f"{video}: no video frames decoded")
+        log = parse_ffmpeg_log(stderr)
+        duration = log.duration_s if log.duration_s is not None else count / self.fps
+        expected = math.ceil(duration * self.fps - 1e-6)
+        if count + round(self.max_missing_s * self.fps) < expected:
+            raise InputError(
+                f"{video}: truncated or corrupt video: decoded {count} frames ({count / self.fps:.1f} s) "
+                f"but the file states {duration:.1f} s"
+            )
+        n_input = duration * log.input_fps if log.input_fps else None
+        if n_input and log.corrupt_frames > self.max_corrupt_fraction * n_input:
+            raise InputError(
+                f"{video}: corrupt video: the decoder reported {log.corrupt_frames} of ~{n_input:.0f} "
+                f"frames corrupt (more than {self.max_corrupt_fraction:.1%})"
+            )
+        self.count, self.duration_s, self.corrupt_frames = count, float(duration), int(log.corrupt_frames)
+
+    def jpegs(self) -> Iterator[bytes]:
+        """The frames' JPEGs one by one, in frame order (frame i is at ``i / fps`` s)."""
+        buf, base, done = bytearray(), 0, 0  # base: stream position of buf[0]
+        for chunk in self.chunks():
+            buf += chunk
+            while done < len(self.ends):
+                end = self.ends[done] - base
+                yield bytes(buf[:end])
+                del buf[:end]
+                base += end
+                done += 1
+
+
 def extract_frames(
     video: str | Path,
     output: str | Path,
@@ -253,37 +371,13 @@ def extract_frames(
         InputError: missing, truncated or corrupt video, or a video without frames (one line,
             naming the file); no output is left.
     """
-    import ffmpeg as ffmpeg_python
     import h5py
 
     t0 = time.perf_counter()
-    video = Path(video)
-    if not video.is_file():
-        raise InputError(f"{video}: video file not found")
-    if not fps > 0:
-        raise InputError(f"fps: must be > 0, got {fps}")
-    if not 1 <= int(quality) <= 31:
-        raise InputError(f"quality: ffmpeg q:v must be in 1..31, got {quality}")
-    if int(threads) < 0:
-        raise InputError(f"threads: must be >= 0, got {threads}")
-    exe = ffmpeg_binary(ffmpeg)
-
-    stream = ffmpeg_python.input(str(video), threads=int(threads)).video
-    stream = stream.filter("fps", fps=f"{fps:g}", round="up", start_time=0)
-    out = ffmpeg_python.output(
-        stream, "pipe:", format="image2pipe", vcodec="mjpeg", fps_mode="passthrough",
-        threads=1, qmin=1, **{"q:v": int(quality)},
-    )
-    cmd = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info"]
-
+    stream = VideoJpegStream(video, fps, quality, ffmpeg, threads, max_missing_s, max_corrupt_fraction)
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
         data = h5.create_dataset("jpeg", shape=(0,), maxshape=(None,), dtype=np.uint8,
                                  chunks=(_CHUNK_BYTES,))
-        proc = out.run_async(cmd=cmd, pipe_stdout=True, pipe_stderr=True)
-        err_chunks: list[bytes] = []
-        err_thread = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
-        err_thread.start()
-        splitter = JpegSplitter()
         pending, size = bytearray(), 0
 
         def flush() -> None:  # few large HDF5 writes: Python's share of the CPU time stays ~1 %
@@ -293,59 +387,25 @@ def extract_frames(
             size += len(pending)
             pending.clear()
 
-        try:
-            while chunk := proc.stdout.read1(_READ_BYTES):
-                splitter.feed(chunk)
-                pending += chunk
-                if len(pending) >= _WRITE_BYTES:
-                    flush()
-            rc = proc.wait()
-            splitter.close()
-            flush()
-        except ValueError as err:  # from the splitter: not a stream of JPEGs
-            raise InputError(f"{video}: ffmpeg wrote a broken JPEG stream: {err}") from None
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            err_thread.join()
-        stderr = b"".join(err_chunks).decode("utf-8", "replace")
-        if rc != 0:
-            if "matches no streams" in stderr:
-                raise InputError(f"{video}: no video stream")
-            raise InputError(f"{video}: ffmpeg failed (exit {rc}): {_last_error_line(stderr)}")
-        ends = splitter.ends
-        count = len(ends)
-        if count == 0:
-            raise InputError(f"{video}: no video frames decoded")
-        log = parse_ffmpeg_log(stderr)
-        duration = log.duration_s if log.duration_s is not None else count / fps
-        expected = math.ceil(duration * fps - 1e-6)
-        if count + round(max_missing_s * fps) < expected:
-            raise InputError(
-                f"{video}: truncated or corrupt video: decoded {count} frames ({count / fps:.1f} s) "
-                f"but the file states {duration:.1f} s"
-            )
-        n_input = duration * log.input_fps if log.input_fps else None
-        if n_input and log.corrupt_frames > max_corrupt_fraction * n_input:
-            raise InputError(
-                f"{video}: corrupt video: the decoder reported {log.corrupt_frames} of ~{n_input:.0f} "
-                f"frames corrupt (more than {max_corrupt_fraction:.1%})"
-            )
-        offsets = np.zeros(count + 1, dtype=np.int64)
-        offsets[1:] = ends
+        for chunk in stream.chunks():
+            pending += chunk
+            if len(pending) >= _WRITE_BYTES:
+                flush()
+        flush()
+        offsets = np.zeros(stream.count + 1, dtype=np.int64)
+        offsets[1:] = stream.ends
         h5.create_dataset("offsets", data=offsets)
         width, height = _jpeg_size(bytes(data[: offsets[1]]))
         attrs = {
             "format": FORMAT,
             "fps": float(fps),
-            "count": int(count),
-            "duration_s": float(duration),
+            "count": int(stream.count),
+            "duration_s": float(stream.duration_s),
             "width": int(width),
             "height": int(height),
-            "source": video.name,
+            "source": stream.video.name,
             "quality": int(quality),
-            "corrupt_input_frames": int(log.corrupt_frames),
+            "corrupt_input_frames": int(stream.corrupt_frames),
         }
         h5.attrs.update(attrs)
         h5.attrs["complete"] = True

@@ -20,7 +20,7 @@ from comedian.data.soccernet import HALVES, read_game_list
 from comedian.errors import InputError
 from comedian.inference.predict import RawScoreWriter
 
-__all__ = ["TIME_ATOL_S", "ensemble_scores", "main"]
+__all__ = ["TIME_ATOL_S", "check_same_grid", "ensemble_scores", "main"]
 
 #: Two inputs' row times may differ by this much (seconds) and still count as one grid.
 TIME_ATOL_S = 1e-6
@@ -40,6 +40,20 @@ def _check_games(path: Path, games: set[str], expected: set[str], what: str) -> 
         if extra:
             parts.append(f"has {len(extra)} games not in {what}: {_names(extra)}")
         raise InputError(f"{path}: {'; '.join(parts)}")
+
+
+def check_same_grid(times_s: np.ndarray, ref_times_s: np.ndarray, where: str, ref: str) -> None:
+    """The ensemble's condition on two models' rows: the same time grid (within :data:`TIME_ATOL_S`).
+
+    Raises:
+        InputError: ``where`` (what holds ``times_s``) and ``ref`` named, with the first difference.
+    """
+    if times_s.shape != ref_times_s.shape:
+        raise InputError(f"{where}: {times_s.size} rows but {ref} has {ref_times_s.size}")
+    if not np.allclose(times_s, ref_times_s, rtol=0.0, atol=TIME_ATOL_S):
+        row = int(np.argmax(np.abs(times_s - ref_times_s) > TIME_ATOL_S))
+        raise InputError(f"{where}: times_s differ from {ref}'s (first at row {row}: "
+                         f"{times_s[row]!r} s vs {ref_times_s[row]!r} s)")
 
 
 def ensemble_scores(inputs: Sequence[str | Path], output: str | Path, games: Sequence[str] | None = None) -> list[str]:
@@ -79,13 +93,7 @@ def ensemble_scores(inputs: Sequence[str | Path], output: str | Path, games: Seq
             for half in HALVES:
                 scores, times = raw[game][half]
                 ref_times = ref[game][half][1]
-                where = f"{path}: game {game!r} half {half}"
-                if times.shape != ref_times.shape:
-                    raise InputError(f"{where}: {times.size} rows but {ref_path} has {ref_times.size}")
-                if not np.allclose(times, ref_times, rtol=0.0, atol=TIME_ATOL_S):
-                    row = int(np.argmax(np.abs(times - ref_times) > TIME_ATOL_S))
-                    raise InputError(f"{where}: times_s differ from {ref_path}'s (first at row {row}: "
-                                     f"{times[row]!r} s vs {ref_times[row]!r} s)")
+                check_same_grid(times, ref_times, f"{path}: game {game!r} half {half}", str(ref_path))
                 sums[game][half] += scores
         del raw
     attrs = {"inputs": [str(p) for p in paths]}

@@ -162,7 +162,7 @@ def load_spotting_model(path: str | Path, device: Any = "cpu") -> tuple[Any, dic
     if "head" not in parts or not any(k.startswith("head.") for k in keys):
         raise InputError(
             f"{path}: not a fine-tuned model: it has no classifier head (parts {sorted(parts)}, step "
-            f"{checkpoint.get('step')!r}); predict needs the checkpoint of fine-tuning"
+            f"{checkpoint.get('step')!r}); inference needs the checkpoint of fine-tuning"
         )
     missing_parts = {"spatial", "temporal"} - parts
     if missing_parts:

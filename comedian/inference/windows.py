@@ -62,8 +62,8 @@ if TYPE_CHECKING:  # torch is imported where it is used
     from comedian.data.frames import PackedFrames
 
 __all__ = [
-    "INPUT_MEAN", "INPUT_STD", "MERGES", "WindowPlan", "frames_to_input", "window_plan", "score_halves",
-    "sliding_window_scores",
+    "INPUT_MEAN", "INPUT_STD", "MERGES", "WindowPlan", "frames_to_input", "input_size", "window_plan",
+    "score_halves", "sliding_window_scores", "StreamScorer",
 ]
 
 log = logging.getLogger(__name__)
@@ -288,18 +288,27 @@ def _batches(dataset: _WindowBatches, workers: int) -> Iterator[tuple[int, int, 
 
 
 class _Merger:
-    """Accumulates the kept window predictions of one half: (T, C) by max or by mean."""
+    """Accumulates the kept window predictions of one half: (T, C) by max or by mean.
 
-    def __init__(self, plan: WindowPlan, num_classes: int, merge: str) -> None:
-        self.plan, self.merge = plan, merge
-        fill = -np.inf if merge == "max" else 0.0
-        self.acc = np.full((plan.n_tokens, num_classes), fill, dtype=np.float64)
-        self.count = np.zeros(plan.n_tokens, dtype=np.int64)
+    Rows are added as windows come (the array grows when a later plan has more tokens, for a half that
+    is still being read); :meth:`result` checks the final plan's coverage.
+    """
+
+    def __init__(self, num_classes: int, merge: str) -> None:
+        self.merge, self.fill = merge, (-np.inf if merge == "max" else 0.0)
+        self.acc = np.full((0, num_classes), self.fill, dtype=np.float64)
+        self.count = np.zeros(0, dtype=np.int64)
         self.done = 0
 
-    def add(self, window: int, probs: np.ndarray) -> None:
-        """``probs`` (L, C): the window's per-token probabilities."""
-        plan = self.plan
+    def _grow(self, n_tokens: int) -> None:
+        if n_tokens > self.acc.shape[0]:
+            extra = n_tokens - self.acc.shape[0]
+            self.acc = np.concatenate([self.acc, np.full((extra, self.acc.shape[1]), self.fill)])
+            self.count = np.concatenate([self.count, np.zeros(extra, dtype=np.int64)])
+
+    def add(self, plan: WindowPlan, window: int, probs: np.ndarray) -> None:
+        """``probs`` (L, C): the per-token probabilities of window ``window`` of ``plan``."""
+        self._grow(plan.n_tokens)
         s, lo = int(plan.starts[window]), int(plan.keep_lo[window])
         hi = min(int(plan.keep_hi[window]), plan.n_tokens - s)  # padding tokens are never kept
         rows = slice(s + lo, s + hi)
@@ -310,14 +319,17 @@ class _Merger:
         self.count[rows] += 1
         self.done += 1
 
-    def result(self) -> np.ndarray:
-        if self.done != self.plan.n_windows or self.count.min() < 1:  # the plan guarantees coverage
-            raise RuntimeError("sliding windows: a token of the half was not scored")
+    def result(self, plan: WindowPlan) -> np.ndarray:
+        self._grow(plan.n_tokens)
+        if self.done != plan.n_windows or self.acc.shape[0] != plan.n_tokens or self.count.min() < 1:
+            raise RuntimeError("sliding windows: a token of the half was not scored")  # the plan guarantees it
         out = self.acc if self.merge == "max" else self.acc / self.count[:, None]
         return out.astype(np.float32)
 
 
-def _as_size(size: int | Sequence[int] | None, model: Any) -> tuple[int, int] | None:
+def input_size(model: Any, size: int | Sequence[int] | None = None) -> tuple[int, int] | None:
+    """Frame ``(height, width)`` fed to ``model``: ``size`` (a side or a pair) if given, else the
+    model's ``arch["config"]["size"]`` (square), else None (the native size)."""
     if size is None:
         size = getattr(model, "arch", {}).get("config", {}).get("size")
         if size is None:
@@ -326,6 +338,43 @@ def _as_size(size: int | Sequence[int] | None, model: Any) -> tuple[int, int] | 
         return (size, size)
     h, w = size
     return (int(h), int(w))
+
+
+class _Scorer:
+    """The model's forward pass over batches of windows, for :func:`score_halves` and :func:`score_stream`:
+    checks, eval mode (restored by :meth:`close`), ``inference_mode``, bf16 autocast on CUDA (float32 on CPU)."""
+
+    def __init__(self, model: Any, window_frames: int, merge: str, batch_size: int, device: Any) -> None:
+        import torch
+
+        if merge not in MERGES:
+            raise InputError(f"merge: must be one of {list(MERGES)}, got {merge!r}")
+        if batch_size < 1:
+            raise InputError(f"batch_size: must be >= 1, got {batch_size}")
+        self.ts = int(getattr(model, "tubelet_size", 2))
+        max_tokens = getattr(model, "num_tokens", None)
+        if max_tokens is not None and window_frames // self.ts > max_tokens:
+            raise InputError(
+                f"window_frames: {window_frames} frames = {window_frames // self.ts} tokens, more than the "
+                f"{max_tokens} the model's time embedding was trained for"
+            )
+        self.model = model
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.was_training = model.training
+        model.eval()
+
+    def probs(self, block: Any) -> np.ndarray:
+        """uint8 (B, Tg, H, W, 3) -> float32 (B, L, C) per-token probabilities."""
+        import torch
+
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                    else torch.autocast("cpu", enabled=False))
+        with torch.inference_mode(), autocast:  # entered per batch: nothing leaks past a yield
+            clip = frames_to_input(block, device=self.device)  # (B, Tg, 3, H, W)
+            return torch.sigmoid(self.model(clip).float()).cpu().numpy()
+
+    def close(self) -> None:
+        self.model.train(self.was_training)
 
 
 def score_halves(
@@ -347,43 +396,125 @@ def score_halves(
     Yields:
         ``(index into halves, scores (T, C) float32, times_s (T,) float64)`` per half.
     """
-    import torch
-
-    if merge not in MERGES:
-        raise InputError(f"merge: must be one of {list(MERGES)}, got {merge!r}")
-    if batch_size < 1:
-        raise InputError(f"batch_size: must be >= 1, got {batch_size}")
-    ts = int(getattr(model, "tubelet_size", 2))
-    max_tokens = getattr(model, "num_tokens", None)
-    if max_tokens is not None and window_frames // ts > max_tokens:
-        raise InputError(
-            f"window_frames: {window_frames} frames = {window_frames // ts} tokens, more than the "
-            f"{max_tokens} the model's time embedding was trained for"
-        )
-    size = _as_size(size, model)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    scorer = _Scorer(model, window_frames, merge, batch_size, device)
+    ts = scorer.ts
     plans = [window_plan(f.count, window_frames, ignore_s, f.fps, ts) for f in halves]
-    dataset = _WindowBatches(halves, plans, batch_size, size)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
-    was_training = model.training
-    model.eval()
+    dataset = _WindowBatches(halves, plans, batch_size, input_size(model, size))
     mergers: dict[int, _Merger] = {}
     try:
         for h, first, block in _batches(dataset, workers):
-            with torch.inference_mode(), autocast:  # entered per batch: nothing leaks past a yield
-                clip = frames_to_input(block, device=device)  # (B, Tg, 3, H, W)
-                probs = torch.sigmoid(model(clip).float()).cpu().numpy()  # (B, L, C)
+            probs = scorer.probs(block)  # (B, L, C)
             if h not in mergers:
-                mergers[h] = _Merger(plans[h], probs.shape[-1], merge)
+                mergers[h] = _Merger(probs.shape[-1], merge)
             merger = mergers[h]
             for b in range(probs.shape[0]):
-                merger.add(first + b, probs[b])
+                merger.add(plans[h], first + b, probs[b])
             if merger.done == plans[h].n_windows:
                 times = token_times_s(0.0, plans[h].n_tokens, halves[h].fps, ts)
-                yield h, mergers.pop(h).result(), times
+                yield h, mergers.pop(h).result(plans[h]), times
     finally:
-        model.train(was_training)
+        scorer.close()
+
+
+class _FrameTail:
+    """The frames of a half being read, from frame :attr:`first` to the last one received (:attr:`count`):
+    ``read(start, count)`` as :meth:`PackedFrames.read` (frames already at the model's size)."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps, self.first, self.count = fps, 0, 0
+        self.frames: np.ndarray | None = None
+
+    def append(self, frames: np.ndarray) -> None:
+        self.frames = frames.copy() if self.frames is None else np.concatenate([self.frames, frames])
+        self.count += len(frames)
+
+    def drop_before(self, frame: int) -> None:
+        if frame > self.first:
+            self.frames = self.frames[frame - self.first :].copy()
+            self.first = frame
+
+    def read(self, start: int, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        if start < self.first or start + count > self.count:
+            raise RuntimeError(f"frames [{start}, {start + count}) not held (held: [{self.first}, {self.count}))")
+        return self.frames[start - self.first : start - self.first + count]
+
+
+class StreamScorer:
+    """:func:`sliding_window_scores` of a half whose frames arrive in chunks (e.g. decoded from ffmpeg as
+    it runs), holding only the frames of the windows not yet scored: memory does not grow with the half.
+
+    ``push(frames)`` each chunk in order, then ``finish()`` -> ``(scores, times_s)``, equal to what
+    :func:`sliding_window_scores` gives on the same frames: a window that starts before
+    ``ceil(N_so_far / Ts) - L`` tokens is in the plan of the whole half, whatever its length
+    (:func:`window_plan`'s regular windows of a longer half start with those of a shorter one, with the
+    same kept tokens), so such windows are scored as soon as a batch of them is complete; the rest (the
+    window aligned to the end, or the one padded window of a short half) when the stream ends. The model
+    is in eval mode from construction to :meth:`finish` or :meth:`close` (then its mode is restored).
+
+    Args:
+        model, window_frames, ignore_s, merge, batch_size, device: see :func:`sliding_window_scores`.
+        fps: frames per second of the stream; frame i is at ``i / fps`` s.
+
+    Pushed frames are uint8 (n, H, W, 3) RGB at the model's input size (:func:`input_size`).
+    """
+
+    def __init__(self, model: Any, fps: float, window_frames: int, ignore_s: float, merge: str = "max",
+                 batch_size: int = 8, device: Any = None) -> None:
+        self._scorer = _Scorer(model, window_frames, merge, batch_size, device)
+        self.fps, self.window_frames, self.ignore_s = fps, window_frames, ignore_s
+        self.merge, self.batch_size = merge, batch_size
+        self._tail, self._merger, self._scored = _FrameTail(fps), None, 0
+
+    @property
+    def frames(self) -> int:
+        """Frames pushed so far."""
+        return self._tail.count
+
+    def _plan(self) -> WindowPlan:
+        return window_plan(self._tail.count, self.window_frames, self.ignore_s, self.fps, self._scorer.ts)
+
+    def _run(self, plan: WindowPlan, first: int, count: int) -> None:
+        probs = self._scorer.probs(_read_windows(self._tail, plan, first, count, None))
+        self._merger = self._merger or _Merger(probs.shape[-1], self.merge)
+        for b in range(count):
+            self._merger.add(plan, first + b, probs[b])
+
+    def push(self, frames: np.ndarray) -> None:
+        """Add the next frames; score the windows that are complete, a batch at a time."""
+        tail, ts = self._tail, self._scorer.ts
+        tail.append(np.asarray(frames, dtype=np.uint8))
+        if -(-tail.count // ts) <= self.window_frames // ts:
+            return
+        plan = self._plan()
+        regular = plan.n_windows - 1  # all but the last window are windows of any longer half too
+        while regular - self._scored >= self.batch_size:
+            self._run(plan, self._scored, self.batch_size)
+            self._scored += self.batch_size
+        # still needed: the next regular window, or the last window (it starts after every regular one)
+        scored = self._scored
+        keep_from = int(plan.starts[scored]) if scored < regular else int(plan.starts[regular - 1]) + 1
+        tail.drop_before(keep_from * ts)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """Score the remaining windows; ``(scores (T, C) float32, times_s (T,) float64)``.
+
+        Raises:
+            InputError: no frames were pushed.
+        """
+        try:
+            if self._tail.count == 0:
+                raise InputError("no frames to score")
+            plan = self._plan()
+            for first in range(self._scored, plan.n_windows, self.batch_size):
+                self._run(plan, first, min(self.batch_size, plan.n_windows - first))
+            return self._merger.result(plan), token_times_s(0.0, plan.n_tokens, self.fps, self._scorer.ts)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Restore the model's mode and drop the held frames."""
+        self._scorer.close()
+        self._tail = _FrameTail(self.fps)
 
 
 def sliding_window_scores(

@@ -32,6 +32,9 @@ does) turns scores into predictions, scored with the project's official-equivale
 (:func:`comedian.scoring.score`, tight and loose). The output is the last weights (``select: last``, the
 only honest choice when valid is trained on or evaluated) or those of the best validation tight t-AmAP
 (``select: best_valid``).
+
+Every checkpoint written carries, besides ``extra["classes"]``, ``extra["inference"]``
+(:func:`inference_settings`): what inference on a new video needs beyond the weights (``comedian spot``).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from comedian.data.clips import AugmentSpec, ClipAugment, HalfVideo, WindowClips
 from comedian.data.soccernet import read_game_list, read_game_lists, read_split_labels
 from comedian.data.targets import half_events, token_targets
 from comedian.errors import InputError
-from comedian.inference.windows import frames_to_input, score_halves, window_plan
+from comedian.inference.windows import INPUT_MEAN, INPUT_STD, frames_to_input, score_halves, window_plan
 from comedian.losses.spotting import mixup, mixup_spotting_loss, spotting_loss
 from comedian.models import init_temporal_from_spatial, load_step_checkpoint, make_checkpoint, set_trunk_trainable
 from comedian.postprocess import NMS_KINDS, apply_nms, grid_step_s, window_steps
@@ -207,8 +210,10 @@ class SpottingModule(StepModule):
     """
 
     def __init__(self, model: Any, settings: FinetuneSettings, classes: Sequence[str],
-                 valid: tuple[list[HalfVideo], pd.DataFrame] | None = None, seed: int = 0) -> None:
+                 valid: tuple[list[HalfVideo], pd.DataFrame] | None = None, seed: int = 0,
+                 inference: dict[str, Any] | None = None) -> None:
         super().__init__()
+        self.inference = inference
         self.model = model
         self.settings = settings
         self.score_key = SCORE_KEY if settings.select == "best_valid" else None
@@ -275,7 +280,8 @@ class SpottingModule(StepModule):
         return out
 
     def _checkpoint(self, extra: dict[str, Any]) -> dict[str, Any]:
-        return make_checkpoint(self.model, STEP, extra={"classes": self.classes, **extra})
+        extra = {"classes": self.classes, **({"inference": self.inference} if self.inference else {}), **extra}
+        return make_checkpoint(self.model, STEP, extra=extra)
 
     def best_checkpoint(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         return self._checkpoint({"epoch": epoch, "valid": {k: float(v) for k, v in metrics.items()}})
@@ -294,6 +300,18 @@ def initialise(model: Any, settings: FinetuneSettings, init: Path | None) -> Non
                          f"weights (written by step {report.source_step!r})")
     if settings.init == "pretrain_spatial":
         init_temporal_from_spatial(model)
+
+
+def inference_settings(s: FinetuneSettings, window_frames: int, halves: Sequence[HalfVideo]) -> dict[str, Any]:
+    """The checkpoint's ``extra["inference"]``: the frame rate of the training frames (fps), the window
+    (window_frames, frames), the input normalisation (input_mean, input_std), and the sliding-window and NMS
+    settings that validation scored the model with (ignore_s, merge, nms, nms_window_s, nms_threshold)."""
+    rates = sorted({h.fps for h in halves})
+    if len(rates) != 1:
+        raise InputError(f"--frames-dir: the training halves have several frame rates {rates}")
+    return {"fps": float(rates[0]), "window_frames": int(window_frames), "input_mean": list(INPUT_MEAN),
+            "input_std": list(INPUT_STD), "ignore_s": float(s.ignore_s), "merge": s.merge, "nms": s.nms,
+            "nms_window_s": float(s.nms_window_s), "nms_threshold": float(s.nms_threshold)}
 
 
 def check_settings(s: FinetuneSettings) -> None:
@@ -346,7 +364,8 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
         valid = (valid_halves, read_split_labels(args.root, valid_games, tuple(classes), covered_seconds(valid_halves)))
         for half in valid[0]:  # bad ignore_s / window settings fail now, not after the first epochs
             window_plan(half.count, model_settings.frames, settings.ignore_s, half.fps, model.tubelet_size)
-    module = SpottingModule(model, settings, classes, valid, args.seed)
+    module = SpottingModule(model, settings, classes, valid, args.seed,
+                            inference_settings(settings, model_settings.frames, halves))
     maybe_compile(model, model_settings)
     size = model.arch["config"]["size"]
     augment = ClipAugment(AugmentSpec.from_config({**DEFAULT_AUGMENT, **dict(settings.augment or {})}), size)
