@@ -217,9 +217,23 @@ def ap_table_rows(metrics: Mapping[str, dict], classes: Sequence[str], n_visible
     return header, rows
 
 
+def seed_table_rows(document: Mapping[str, Mapping[str, dict]]) -> tuple[list[str], list[list[Any]]]:
+    """The t-AmAP (%) of each seed's model, their mean and standard deviation, and the ensemble, one row
+    per split and metric (the paper's table cells and its "ens." rows). Needs the ``seeds`` entries of
+    :func:`add_seed_metrics`."""
+    seeds = sorted({seed for by_metric in document.values() for v in by_metric.values() for seed in v["seeds"]},
+                   key=int)
+    header = ["split", "metric", *[f"seed {s}" for s in seeds], "seed mean", "seed std", "ensemble"]
+    rows = [[split, metric, *[100 * v["seeds"][s]["a_mAP"] for s in seeds], 100 * v["seed_mean"]["a_mAP"],
+             100 * v["seed_std"]["a_mAP"], 100 * v["a_mAP"]]
+            for split, by_metric in document.items() for metric, v in by_metric.items()]
+    return header, rows
+
+
 def write_ap_table(header: Sequence[str], rows: Sequence[Sequence[Any]], html_path: str | Path | None,
-                   csv_path: str | Path | None, title: str) -> None:
-    """Write the table as a standalone HTML page and/or a CSV file (atomically)."""
+                   csv_path: str | Path | None, title: str, total_row: bool = True) -> None:
+    """Write the table as a standalone HTML page and/or a CSV file (atomically); the last row is shown as
+    a total when ``total_row``."""
     if csv_path is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -235,7 +249,7 @@ def write_ap_table(header: Sequence[str], rows: Sequence[Sequence[Any]], html_pa
                 f"<td>{html.escape(str(v))}</td>" if i == 0 else f'<td class="num">{v:.2f}</td>'
                 if isinstance(v, float) else f'<td class="num">{v}</td>' for i, v in enumerate(row)
             )
-            body.append(f'<tr{" class=total" if k == len(rows) - 1 else ""}>{cells}</tr>')
+            body.append(f'<tr{" class=total" if total_row and k == len(rows) - 1 else ""}>{cells}</tr>')
         page = (
             "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html.escape(title) + "</title>\n"
             "<style>body{font-family:sans-serif} table{border-collapse:collapse} "
@@ -396,6 +410,8 @@ def make_report(
     scores: str | Path | None = None,
     run: Any = None,
     seed_metrics: Sequence[tuple[str, str, str | Path]] = (),
+    seed_table: str | Path | None = None,
+    seed_csv: str | Path | None = None,
 ) -> dict[str, dict[str, dict]]:
     """Write the metrics file and the figures (arguments as the CLI flags; see the module docstring).
 
@@ -437,6 +453,11 @@ def make_report(
             produced += _write_timelines(Path(timelines), labels, predictions, list(games)[:timeline_games],
                                          classes, min_confidence, scores)
     add_seed_metrics(document, seed_metrics)
+    if seed_metrics and (seed_table is not None or seed_csv is not None):
+        header, rows = seed_table_rows(document)
+        write_ap_table(header, rows, seed_table, seed_csv, "t-AmAP (%) of each seed, their mean and std, and "
+                       "their ensemble", total_row=False)
+        produced += [Path(p) for p in (seed_table, seed_csv) if p is not None]
     with atomic_path(output_metrics) as tmp:
         tmp.write_text(json.dumps(document, indent=2) + "\n")
     if run is not None:
@@ -520,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a `comedian evaluate --json` file of one seed's model; repeat for each seed, split and "
                              "metric (adds seeds, seed_mean and seed_std to the output)")
     parser.add_argument("--output-metrics", required=True, type=Path, help="write {split: {metric: {...}}} here")
+    parser.add_argument("--seed-table", type=Path, default=None, help="t-AmAP per seed, mean, std, ensemble; HTML")
+    parser.add_argument("--seed-csv", type=Path, default=None, help="the same table, CSV")
     parser.add_argument("--split", default=None, help="the split the figures are drawn for (e.g. test)")
     parser.add_argument("--labels", type=Path, default=None, help="labels root (<game>/Labels-v2.json)")
     parser.add_argument("--predictions", type=Path, default=None,
@@ -553,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             [_metrics_arg(m) for m in args.metrics], args.output_metrics, args.split, args.labels, args.predictions,
             games, args.classes, args.ap_table, args.ap_csv, args.pr_curves, args.pr_metric, args.timelines,
             args.timeline_games, args.min_confidence, args.scores, run, [tuple(m) for m in args.seed_metrics],
+            args.seed_table, args.seed_csv,
         )
     for s, by_metric in document.items():
         shown = ", ".join(f"{m} {100 * v['a_mAP']:.2f} %" + (

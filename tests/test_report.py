@@ -189,6 +189,29 @@ def test_metrics_only(data, tmp_path):
     assert list(json.loads((tmp_path / "m.json").read_text())) == ["test"]
 
 
+def test_seed_metrics_give_each_seed_their_mean_std_and_the_ensemble(data, tmp_path):
+    # Seed 0's model scored as pred0, seed 1's as pred1 (the stale file is pred1's tight score).
+    seeds = ["--seed-metrics", "0", "test", str(data / "test_tight.json"),
+             "--seed-metrics", "1", "test", str(data / "stale_tight.json")]
+    out = ["--output-metrics", str(tmp_path / "m.json"), "--seed-table", str(tmp_path / "seeds.html"),
+           "--seed-csv", str(tmp_path / "seeds.csv")]
+    assert report.main(["--metrics", "test", str(data / "test_tight.json"), *seeds, *out]) == 0
+    tight = json.loads((tmp_path / "m.json").read_text())["test"]["tight"]
+    a = json.loads((data / "test_tight.json").read_text())["a_mAP"]
+    b = json.loads((data / "stale_tight.json").read_text())["a_mAP"]
+    assert a != b and list(tight["seeds"]) == ["0", "1"]
+    assert tight["seeds"]["1"]["a_mAP"] == b and tight["a_mAP"] == a  # the ensemble is the --metrics file
+    assert tight["seed_mean"]["a_mAP"] == pytest.approx((a + b) / 2, abs=1e-15)
+    assert tight["seed_std"]["a_mAP"] == pytest.approx(abs(a - b) / np.sqrt(2), abs=1e-15)  # sample std (ddof 1)
+    rows = list(csv.reader((tmp_path / "seeds.csv").open()))
+    assert rows[0] == ["split", "metric", "seed 0", "seed 1", "seed mean", "seed std", "ensemble"]
+    assert rows[1][:2] == ["test", "tight"] and float(rows[1][4]) == pytest.approx(100 * (a + b) / 2)
+    assert "seed mean" in (tmp_path / "seeds.html").read_text()
+    with pytest.raises(InputError, match="no --metrics file for that split and metric"):
+        report.main(["--metrics", "test", str(data / "test_tight.json"),
+                     "--seed-metrics", "0", "test", str(data / "test_loose.json"), *out])
+
+
 def test_report_logs_to_mlflow(data, tmp_path, monkeypatch):
     monkeypatch.setenv("COMEDIAN_TRACKING", "1")
     monkeypatch.setenv("COMEDIAN_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

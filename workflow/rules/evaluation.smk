@@ -38,6 +38,8 @@ if config["evaluate"]["splits"]:
             metrics="results/metrics.json",
             ap_table=report("results/report/ap_table.html", category="Per-class AP"),
             ap_csv="results/report/ap_table.csv",
+            seeds=report("results/report/seeds.html", category="Seeds"),
+            seeds_csv="results/report/seeds.csv",
             pr_curves=report("results/report/pr_curves.png", category="Precision-recall"),
             timelines=report(
                 directory("results/report/timelines"), patterns=["{name}.png"], category="Timelines"
@@ -59,5 +61,5 @@ if config["evaluate"]["splits"]:
             "python -m comedian report {params.metrics} --output-metrics {output.metrics}"
             " --split {params.split} --labels {params.labels:q} --predictions {input.predictions}"
             " --games {input.games:q} --scores {input.scores} --ap-table {output.ap_table}"
-            " --ap-csv {output.ap_csv} --pr-curves {output.pr_curves} --pr-metric {params.pr_metric}"
+            " --ap-csv {output.ap_csv} --seed-table {output.seeds} --seed-csv {output.seeds_csv} --pr-curves {output.pr_curves} --pr-metric {params.pr_metric}"
             " --timelines {output.timelines} --timeline-games {params.timeline_games} > {log} 2>&1"
