@@ -313,3 +313,17 @@ def test_two_views_of_one_clip_differ():
     augment = ClipAugment(_strong(), 8)
     rng = np.random.default_rng(3)
     assert not torch.equal(augment(clip, rng), augment(clip, rng))
+
+
+def test_subvideos_per_half_are_drawn_afresh_every_epoch(halves):
+    views = (ClipAugment(AugmentSpec(), 16), ClipAugment(AugmentSpec(), 16))
+    every = SubVideoPairs(halves, views, seed=1)
+    some = SubVideoPairs(halves, views, seed=1, per_half=2)
+    counts = np.bincount(every.starts[:, 0])
+    assert len(every) == counts.sum() and len(some) == 2 * len(counts)
+    a, b = some.subvideos(0), some.subvideos(1)
+    assert np.bincount(a[:, 0]).tolist() == [2] * len(counts)  # per_half of each half, in half order
+    assert {tuple(r) for r in a} <= {tuple(r) for r in every.starts}
+    assert np.array_equal(a, SubVideoPairs(halves, views, seed=1, per_half=2).subvideos(0))  # from (seed, epoch)
+    assert not np.array_equal(a, b)
+    assert np.array_equal(SubVideoPairs(halves, views, seed=1, per_half=10_000).subvideos(3), every.starts)

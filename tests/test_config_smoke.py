@@ -1,6 +1,7 @@
 """Every config the project ships runs end to end: its real model, frame count and image size, on a small
 tree in the SoccerNet layout made by the demo generator (halves as long as the longest window, 64 s), with
-one small overlay that cuts only epochs, windows per game, batch sizes, game counts and seeds, and the PCA
+one small overlay that cuts only epochs, windows per game (sub-videos per half in step 1), batch sizes,
+game counts and seeds, and the PCA
 width for the real-data configs (a 1-game train split has 128 s of features, fewer than their 512 dims).
 
 So a config that cannot run (shapes at 128 frames, ViSwin at 224 px, memory, windows longer than a half)
@@ -27,7 +28,7 @@ HALF_S = 64  # the paper's longest window (128 frames at 2 fps)
 
 #: The one overlay: epochs, windows per game, batch sizes and seeds; nothing that shapes the model or the data.
 SMOKE = {
-    "pretrain_spatial": {"epochs": 1, "warmup_epochs": 0, "batch_size": 16},
+    "pretrain_spatial": {"epochs": 1, "warmup_epochs": 0, "batch_size": 16, "subvideos_per_half": 8},
     "pretrain_temporal": {"epochs": 1, "warmup_epochs": 0, "batch_size": 1, "windows_per_game": 2},
     "finetune": {"head_epochs": 1, "epochs": 1, "batch_size": 2, "windows_per_game": 2, "valid_batch_size": 1},
     "predict": {"batch_size": 1},

@@ -509,25 +509,43 @@ class FrameStore:
 
 
 class SubVideoPairs(Dataset):
-    """Step 1's samples: every 1-s sub-video of the halves, as two augmented views.
+    """Step 1's samples: every 1-s sub-video of the halves (or ``per_half`` of each half's, drawn afresh
+    every epoch from (seed, epoch): :meth:`subvideos`), as two augmented views.
 
     ``dataset[(epoch, index)]`` -> ``{"view1", "view2"}``: uint8 (frames, size, size, 3) each, view v
     augmented with ``augments[v]`` (one draw per view, the same for both frames of the view).
     """
 
     def __init__(self, halves: Sequence[HalfVideo], augments: tuple[ClipAugment, ClipAugment], seed: int,
-                 frames: int = 2, cache_mb: float = 0.0) -> None:
+                 frames: int = 2, cache_mb: float = 0.0, per_half: int | None = None) -> None:
         self.files = FrameStore(halves, cache_mb)
         self.starts = subvideo_starts(halves, frames)
         self.augments = augments
         self.seed, self.frames = seed, frames
+        counts = np.bincount(self.starts[:, 0], minlength=len(halves))
+        self.per_half = None if per_half is None or per_half >= counts.max() else int(per_half)
+        self._epoch_starts: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.starts) if self.per_half is None else len(self.subvideos(0))
+
+    def subvideos(self, epoch: int) -> np.ndarray:
+        """The epoch's sub-videos, (N, 2) (half index, start frame): all of them, or ``per_half`` of each
+        half's drawn without replacement (a half with fewer keeps all of its own), in half order."""
+        if self.per_half is None:
+            return self.starts
+        if self._epoch_starts is None or self._epoch_starts[0] != epoch:
+            rng = sample_rng(self.seed, STREAM_WINDOWS, epoch, 0)
+            rows = []
+            for h in np.unique(self.starts[:, 0]):
+                own = self.starts[self.starts[:, 0] == h]
+                rows.append(own[np.sort(rng.choice(len(own), min(self.per_half, len(own)), replace=False))])
+            self._epoch_starts = (epoch, np.concatenate(rows))
+        return self._epoch_starts[1]
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, index = key
-        half, start = self.starts[index]
+        half, start = self.subvideos(epoch)[index]
         crops = self.augments[0].spec.crops or self.augments[1].spec.crops
         size = decode_size(self.files.file(int(half)).size, self.augments[0].size, crops)
         clip = self.files.read(int(half), int(start), self.frames, size)

@@ -1,7 +1,7 @@
 """Step 1, ``comedian pretrain-spatial``: MoCo pretraining of the spatial transformer (paper Sec. 3.2, Eq. 1-2).
 
-Samples: every 1-s sub-video (2 frames, one tubelet) of every training half
-(:class:`~comedian.data.clips.SubVideoPairs`), two views each, augmented clip-consistently (the same crop,
+Samples: every 1-s sub-video (2 frames, one tubelet) of every training half, or ``subvideos_per_half`` of
+each half's drawn afresh every epoch (:class:`~comedian.data.clips.SubVideoPairs`), two views each, augmented clip-consistently (the same crop,
 flip, colour jitter, grayscale, blur and solarisation for both frames of a view) from two distributions
 A1, A2 that differ in blur and solarisation probabilities (SPEC.md §3).
 
@@ -11,7 +11,7 @@ Branches (:class:`MoCoModule`):
   (256 -> 1024 -> 256): z^v_s = g_s(f_s(X^v));
 - target: an EMA copy of the spatial transformer and projector, z^v_t, no gradient; its momentum rises
   from ``momentum`` to 1 along a cosine over the optimiser steps (:mod:`comedian.train.ema`); it runs in
-  eval mode (no drop path in the keys).
+  train mode as the authors' (drop path in the keys too; ``target_mode: eval`` turns it off).
 
 Loss: the symmetric MoCo loss (Eq. 1) ``-1/2 (l_M(z1s, z2t) + l_M(z2s, z1t))`` with temperature tau, the
 negatives being a FIFO queue of earlier target embeddings (both views' keys are enqueued after each step,
@@ -79,6 +79,8 @@ class SpatialSettings:
         temperature: tau of Eq. 2.
         queue_size: negatives kept in the queue (M).
         momentum: EMA momentum at the start (rises to 1).
+        subvideos_per_half: sub-videos of each half per epoch, drawn afresh every epoch; None = every one
+            (the authors').
         target_mode: ``train`` (the authors: the EMA target runs in train mode, drop path on, as a
             submodule of their Lightning module) or ``eval``.
         proj_dim, proj_hidden, pred_hidden: projector output / hidden widths, predictor hidden width.
@@ -101,6 +103,7 @@ class SpatialSettings:
     queue_size: int = 65536
     momentum: float = 0.99
     target_mode: str = "train"
+    subvideos_per_half: int | None = None
     proj_dim: int = 256
     proj_hidden: int = 1024
     pred_hidden: int = 1024
@@ -202,7 +205,7 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     size = model.arch["config"]["size"]
     halves = list_halves(args.frames_dir, games)
     dataset = SubVideoPairs(halves, view_augments(settings.augment, size), args.seed, model.tubelet_size,
-                            settings.frame_cache_mb)
+                            settings.frame_cache_mb, settings.subvideos_per_half)
     loop = LoopConfig(
         step=STEP,
         phases=(Phase("train", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio,
