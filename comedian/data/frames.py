@@ -77,7 +77,7 @@ from pathlib import Path
 import numpy as np
 
 from comedian.errors import InputError
-from comedian.io import atomic_path
+from comedian.io import atomic_h5
 
 FORMAT = "comedian-packed-jpeg-v1"
 DEFAULT_FPS = 2.0
@@ -254,7 +254,6 @@ def extract_frames(
             naming the file); no output is left.
     """
     import ffmpeg as ffmpeg_python
-    import h5py
 
     t0 = time.perf_counter()
     video = Path(video)
@@ -276,7 +275,7 @@ def extract_frames(
     )
     cmd = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info"]
 
-    with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_h5(output) as h5:
         data = h5.create_dataset("jpeg", shape=(0,), maxshape=(None,), dtype=np.uint8,
                                  chunks=(_CHUNK_BYTES,))
         proc = out.run_async(cmd=cmd, pipe_stdout=True, pipe_stderr=True)
