@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import zipfile
 from collections.abc import Sequence

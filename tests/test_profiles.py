@@ -21,8 +21,11 @@ from test_workflow import REPO, TINY, write_config
 
 PROFILES = REPO / "profiles"
 GPU_RULES = ("pretrain_spatial", "pretrain_temporal", "finetune", "predict")
-# Resources that make the executor start several copies of a job's script, or claim GPUs indirectly.
-FORBIDDEN = {"tasks", "tasks_per_gpu", "tasks_per_node", "mpi", "nodes", "gres", "gpu_model", "slurm_extra"}
+TRAINING_RULES = GPU_RULES[:3]
+# Resources that make the executor start several copies of a job's script, or claim GPUs indirectly
+# (a multi-node training rule's `gres: gpu:N` is its GPUs per node, checked below), or that would
+# replace the user profile's slurm_extra (the --signal of the example).
+FORBIDDEN = {"tasks", "tasks_per_gpu", "tasks_per_node", "mpi", "gres", "gpu_model", "slurm_extra"}
 
 
 def load(name: str) -> dict:
@@ -66,9 +69,20 @@ def test_profiles_parse_and_keep_to_their_keys():
     assert not {"set-threads", "set-resources"} & set(slurm)
     for profile in (slurm, ci):
         assert profile["executor"] == "slurm"
-        assert {"slurm_account", "slurm_partition", "mem_mb", "runtime"} <= set(profile["default-resources"])
+        assert {"slurm_account", "mem_mb", "runtime"} <= set(profile["default-resources"])
         assert {"jobs", "retries", "latency-wait", "rerun-incomplete"} <= set(profile)
+        assert profile["group-components"]["extract"] > 1
+    # The example's partitions come from partitions.yaml beside it: one for CPU jobs, one for GPU jobs.
+    assert "slurm_partition" not in slurm["default-resources"]
+    assert slurm["slurm-partition-config"] == "partitions.yaml"
+    assert {name: p["max_gpu"] for name, p in partitions().items()} == {"my_cpu_partition": 0, "my_gpu_partition": 8}
+    # SIGTERM before the time limit (the training steps checkpoint on it), and retries that resume them.
+    assert slurm["default-resources"]["slurm_extra"] == "'--signal=TERM@300'" and slurm["retries"] >= 2
     assert (ci["default-resources"]["slurm_account"], ci["default-resources"]["slurm_partition"]) == (ACCOUNT, PARTITION)
+
+
+def partitions() -> dict:
+    return yaml.safe_load((PROFILES / "slurm" / "partitions.yaml").read_text())["partitions"]
 
 
 @pytest.mark.parametrize("name", ["default", "ci-slurm"])
@@ -78,6 +92,8 @@ def test_every_rule_is_sized(name):
         assert isinstance(needs.get("mem_mb"), int) and needs["mem_mb"] > 0, (name, rule)
         assert isinstance(needs.get("runtime"), int) and needs["runtime"] > 0, (name, rule)  # minutes
         assert not FORBIDDEN & set(needs), (name, rule)
+        # Nodes x GPUs per node, one line each, for the training rules only.
+        assert (needs.get("nodes") == 1) == (name == "default" and rule in TRAINING_RULES), (name, rule)
 
 
 def test_profiles_name_exactly_the_workflow_rules(workflow_rules):
@@ -116,24 +132,37 @@ class _Resources(dict):
     __getattr__ = dict.__getitem__
 
 
-def sbatch_line(rule: str) -> str:
+def _resource_value(value):
+    """A profile's resource as Snakemake reads it: a Python expression, else the plain string."""
+    try:
+        return eval(value, {}) if isinstance(value, str) else value
+    except (NameError, SyntaxError):
+        return value
+
+
+def sbatch_line(rule: str, **changes) -> str:
     """The sbatch command the Slurm executor plugin builds for one job of ``rule`` under the example
-    profile: its default-resources, overridden by the workflow profile's entries for the rule."""
+    profile: its default-resources (Python expressions, as Snakemake evaluates them), overridden by the
+    workflow profile's entries for the rule, then by ``changes`` (``threads`` too; None removes a key);
+    the partition chosen from partitions.yaml as the plugin does."""
     from snakemake_executor_plugin_slurm import ExecutorSettings
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
-    slurm, default = load("slurm"), per_rule(load("default"))[rule]
-    resources = _Resources(slurm["default-resources"], **{k: v for k, v in default.items() if k != "threads"})
+    slurm, default = load("slurm"), {**per_rule(load("default"))[rule], **changes}
+    defaults = {k: _resource_value(v) for k, v in slurm["default-resources"].items()}
+    resources = _Resources(defaults, **{k: v for k, v in default.items() if k != "threads" and v is not None})
     job = SimpleNamespace(name=rule, threads=default["threads"], resources=resources, wildcards={},
                           is_group=lambda: False)
+    partition = get_best_partition(read_partition_file(PROFILES / "slurm" / slurm["slurm-partition-config"]), job,
+                                   SimpleNamespace(info=print, debug=print, warning=print))
     # The profile's slurm-* keys are the plugin's settings: constructing them validates their names.
     settings = ExecutorSettings(**{k[len("slurm-"):].replace("-", "_"): v for k, v in slurm.items()
-                                   if k.startswith("slurm-")})
+                                   if k.startswith("slurm-") and k != "slurm-partition-config"})
     params = {"run_uuid": "RUN", "slurm_logfile": f".snakemake/slurm_logs/rule_{rule}/%j.log",
               "comment_str": f"rule_{rule}", "workdir": "/work",
-              "account": f" -A {shlex.quote(resources['slurm_account'])}",
-              "partition": f" -p {shlex.quote(resources['slurm_partition'])}"}
+              "account": f" -A {shlex.quote(resources['slurm_account'])}", "partition": f" -p {partition}"}
     return get_submit_command(job, params, settings=settings) + set_gres_string(job)
 
 
@@ -144,11 +173,61 @@ def test_sbatch_line_of_a_gpu_job(rule):
     print(f"\n{rule}: {line}")
     args = shlex.split(line)
     assert f"--gpus={default['gpu']}" in args
-    assert not any(a.startswith(("--ntasks", "--gres", "--nodes")) for a in args), line  # one copy of the script
-    assert f"--cpus-per-task={default['threads']}" in args
-    for flag, value in [("-A", slurm["slurm_account"]), ("-p", slurm["slurm_partition"]),
+    assert not any(a.startswith(("--ntasks", "--gres")) for a in args), line  # one copy of the script
+    assert [a for a in args if a.startswith("--nodes")] == (["--nodes=1"] if rule in TRAINING_RULES else [])
+    assert f"--cpus-per-task={default['threads']}" in args and "--signal=TERM@300" in args
+    for flag, value in [("-A", slurm["slurm_account"]), ("-p", "my_gpu_partition"),
                         ("--mem", default["mem_mb"]), ("-t", default["runtime"])]:
         assert args[args.index(flag) + 1] == str(value), (flag, line)
+
+
+@pytest.mark.parametrize("rule", ["extract", "pca", "report"])
+def test_cpu_jobs_go_to_the_cpu_partition(rule):
+    args = shlex.split(sbatch_line(rule))
+    assert args[args.index("-p") + 1] == "my_cpu_partition" and not any("gpu" in a for a in args)
+
+
+#: The README's 2-node x 4-GPU step 1 (profiles/default/config.yaml's comment), 32 cores per node.
+TWO_BY_FOUR = {"nodes": 2, "gpu": None, "gres": "gpu:4", "threads": 32, "mem_mb": 256000, "runtime": 720}
+
+
+def test_sbatch_line_of_a_two_node_four_gpu_job():
+    line = sbatch_line("pretrain_spatial", **TWO_BY_FOUR)
+    print(f"\npretrain_spatial 2x4: {line}")
+    args = shlex.split(line)
+    # GPUs counted per node, one task (Slurm's default with --nodes) of 32 cores per node.
+    for part in ("--nodes=2", "--gres=gpu:4", "--cpus-per-task=32", "--signal=TERM@300"):
+        assert part in args, (part, line)
+    assert not any(a.startswith(("--gpus", "--ntasks")) for a in args), line
+    assert args[args.index("-p") + 1] == "my_gpu_partition" and args[args.index("--mem") + 1] == "256000"
+
+
+def test_two_node_job_starts_one_torchrun_per_node_with_each_ranks_share_of_the_cores(tiny):
+    """Dry run (-p prints the shell commands) with the 2x4 sizes: srun one task per node; each a torchrun
+    of 4 ranks joining a c10d rendezvous on the first node; each rank 32 / 4 = 8 cores (7 workers)."""
+    resources = [f"pretrain_spatial:{k}={v}" for k, v in TWO_BY_FOUR.items() if k not in ("threads", "gpu")]
+    proc = snakemake(tiny, "-n", "-p", "--cores", "32", "--workflow-profile", str(PROFILES / "default"), "--set-threads",
+                     "pretrain_spatial=32", "--set-resources", "pretrain_spatial:gpu=0", *resources,
+                     "--forcerun", "pretrain_spatial")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    commands = [line.removeprefix("Shell command: ") for line in proc.stdout.splitlines() if " pretrain-spatial " in line]
+    assert commands, proc.stdout[-3000:]
+    command = commands[0]
+    print(f"\n{command}")
+    args = shlex.split(command)
+    assert args[:7] == ["exec", "srun", "--overlap", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=32",
+                        "--kill-on-bad-exit=1"], command
+    node = args[args.index("-c") + 1]
+    for part in ("torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d", '--rdzv-id "$SLURM_JOB_ID"',
+                 'scontrol show hostnames "$SLURM_JOB_NODELIST"', '"is_host=$((SLURM_NODEID == 0))"'):
+        assert part in node, (part, node)
+    assert args[args.index("--workers") + 1] == "7" and args[args.index("--threads") + 1] == "1"
+    # One node, one GPU: the stage itself, exec-ed (a signal reaches it, not a shell).
+    single = snakemake(tiny, "-n", "-p", "--cores", "32", "--workflow-profile", str(PROFILES / "default"),
+                       "--forcerun", "pretrain_spatial")
+    line = next(line for line in single.stdout.splitlines() if " pretrain-spatial " in line)
+    assert line.removeprefix("Shell command: ").startswith("exec python -m comedian pretrain-spatial"), line
+    assert "--workers 7 " in line and "--threads 1 " in line
 
 
 SHIM = """#!{python}
@@ -188,7 +267,7 @@ def test_readme_command_submits_with_the_profiles(tiny, tmp_path):
     print(f"\ndemo_data: {line}")
     needs, slurm = per_rule(load("default"))["demo_data"], load("slurm")["default-resources"]
     assert "--comment rule_demo_data" in line
-    for part in (f"-A {slurm['slurm_account']}", f"-p {slurm['slurm_partition']}", f"-t {needs['runtime']}",
+    for part in (f"-A {slurm['slurm_account']}", "-p my_cpu_partition", f"-t {needs['runtime']}",
                  f"--mem {needs['mem_mb']}", "--ntasks=1", f"--cpus-per-task={needs['threads']}"):
         assert part in line, (part, line)
     assert "--gpus" not in line

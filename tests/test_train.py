@@ -23,12 +23,13 @@ from comedian.errors import InputError
 from comedian.models import build_model, make_checkpoint, read_checkpoint, save_checkpoint
 from comedian.train import finetune, pretrain_spatial, pretrain_temporal
 from comedian.train.loop import (
+    Interrupted,
     LoopConfig,
     Phase,
     StepModule,
     Trainer,
-    Phase,
     TrainingDiverged,
+    fingerprint,
     lr_multiplier,
     mask_tube_tokens,
     param_groups,
@@ -194,10 +195,25 @@ class ToyStep(StepModule):
         return {"format": "toy", "model": {k: v.clone() for k, v in self.model.state_dict().items()}}
 
 
-def _toy_trainer(tmp: Path, module: ToyStep, epochs: int = 4, fingerprint: str = "f") -> Trainer:
+class SignalledToyStep(ToyStep):
+    """The toy step that sends itself ``signum`` during optimiser step ``at`` (1-based, counted in this run)."""
+
+    def __init__(self, at: int, signum: int) -> None:
+        super().__init__()
+        self.at, self.signum = at, signum
+
+    def forward(self, batch):
+        if self.calls + 1 == self.at:
+            os.kill(os.getpid(), self.signum)
+        return super().forward(batch)
+
+
+def _toy_trainer(tmp: Path, module: ToyStep, epochs: int = 4, fingerprint: str = "f",
+                 checkpoint_every_s: float = 0.0, print_fn=lambda _: None) -> Trainer:
     config = LoopConfig(step="toy", phases=(Phase("train", epochs, 0.5, warmup_epochs=1, final_lr_ratio=0.1),),
-                        batch_size=4, seed=3, workers=0, fingerprint=fingerprint)
-    return Trainer(config, module, ToyData(), tmp / "work", tmp / "out.pt", print_fn=lambda _: None)
+                        batch_size=4, seed=3, workers=0, fingerprint=fingerprint,
+                        checkpoint_every_s=checkpoint_every_s)
+    return Trainer(config, module, ToyData(), tmp / "work", tmp / "out.pt", print_fn=print_fn)
 
 
 def test_toy_run_writes_state_and_output(tmp_path):
@@ -226,6 +242,67 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     a = torch.load(tmp_path / "a" / "out.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "out.pt", weights_only=True)["model"]
     _assert_same_weights(a, b)
+
+
+def _uninterrupted(tmp: Path) -> tuple[dict, list]:
+    torch.manual_seed(0)
+    summary = _toy_trainer(tmp, ToyStep()).fit()
+    return torch.load(tmp / "out.pt", weights_only=True)["model"], summary["history"]
+
+
+def _same_history(a: list, b: list) -> None:
+    """Every epoch's metrics but the timings are equal (mid-epoch checkpoints keep the running sums)."""
+    timing = {"epoch_s", "clips_per_s", "data_wait"}
+    assert [{k: v for k, v in h.items() if k not in timing} for h in a] == \
+        [{k: v for k, v in h.items() if k not in timing} for h in b]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_checkpoints_mid_epoch_and_the_rerun_resumes_bitwise(tmp_path, signum):
+    weights, history = _uninterrupted(tmp_path / "a")
+    torch.manual_seed(0)
+    handler = signal.getsignal(signum)
+    with pytest.raises(Interrupted) as stopped:
+        _toy_trainer(tmp_path / "b", SignalledToyStep(at=10, signum=signum)).fit()  # epoch 3, iteration 2
+    assert signal.getsignal(signum) is handler  # the loop's handler is gone again
+    assert stopped.value.exit_code == 128 + signum
+    assert f"{signal.Signals(signum).name} received; stopped in epoch 3/4 after iteration 2/4" in str(stopped.value)
+    state = torch.load(tmp_path / "b" / "work" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["iteration"], state["global_step"]) == (2, 2, 10)
+    lines: list[str] = []
+    torch.manual_seed(123)
+    summary = _toy_trainer(tmp_path / "b", ToyStep(), print_fn=lines.append).fit()
+    assert any("resumed from" in line and "in epoch 3/4 after iteration 2/4" in line for line in lines), lines
+    _assert_same_weights(weights, torch.load(tmp_path / "b" / "out.pt", weights_only=True)["model"])
+    _same_history(history, summary["history"])
+
+
+def test_a_signal_in_an_epochs_last_iteration_stops_after_that_epoch(tmp_path):
+    weights, _ = _uninterrupted(tmp_path / "a")
+    torch.manual_seed(0)
+    with pytest.raises(Interrupted, match="stopped after epoch 2/4"):
+        _toy_trainer(tmp_path / "b", SignalledToyStep(at=8, signum=signal.SIGTERM)).fit()
+    state = torch.load(tmp_path / "b" / "work" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["iteration"]) == (2, 0)
+    _toy_trainer(tmp_path / "b", ToyStep()).fit()
+    _assert_same_weights(weights, torch.load(tmp_path / "b" / "out.pt", weights_only=True)["model"])
+
+
+def test_periodic_checkpoints_bound_what_a_crash_loses(tmp_path):
+    """checkpoint_every_s: a crash (here a NaN in step 10) loses at most the iterations since the last write;
+    the rerun, with another period (not part of the run's identity), ends with the same weights."""
+    weights, history = _uninterrupted(tmp_path / "a")
+    torch.manual_seed(0)
+    with pytest.raises(TrainingDiverged, match=r"last\.pt \(epoch 2, iteration 1\) is kept"):
+        _toy_trainer(tmp_path / "b", ToyStep(nan_from=10), checkpoint_every_s=1e-9).fit()
+    state = torch.load(tmp_path / "b" / "work" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["iteration"]) == (2, 1)
+    summary = _toy_trainer(tmp_path / "b", ToyStep(), checkpoint_every_s=3600).fit()
+    _assert_same_weights(weights, torch.load(tmp_path / "b" / "out.pt", weights_only=True)["model"])
+    _same_history(history, summary["history"])
+    assert fingerprint(pretrain_spatial.SpatialSettings(checkpoint_every_s=1)) == \
+        fingerprint(pretrain_spatial.SpatialSettings(checkpoint_every_s=2))
+    assert fingerprint(pretrain_spatial.SpatialSettings(epochs=1)) != fingerprint(pretrain_spatial.SpatialSettings())
 
 
 def test_nan_loss_stops_with_step_and_epoch_and_keeps_the_last_checkpoint(tmp_path):
@@ -404,6 +481,47 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(data, tm
     state_b = torch.load(last, weights_only=True)
     _assert_same_weights(state_a["module"], state_b["module"])
     assert state_a["best"] == state_b["best"]
+
+
+@pytest.mark.slow
+def test_signal_at_a_random_iteration_then_rerun_gives_the_weights_of_an_uninterrupted_run(data, tmp_path):
+    """Run B (2 data workers) gets SIGTERM or SIGUSR1 at a random point after its first epoch: it writes a
+    mid-epoch last.pt within seconds and exits 128 + signal; the rerun resumes there and ends with A's
+    weights (uninterrupted, no workers), bit for bit."""
+    step = {**FINETUNE, "head_epochs": 2, "epochs": 6, "windows_per_game": 16, "validate_every": 3}
+    subprocess.run(_finetune_cmd(data, tmp_path / "a", step), check=True, env=_env(), timeout=300)
+
+    last = tmp_path / "b" / "work" / "last.pt"
+    signum = random.choice([signal.SIGTERM, signal.SIGUSR1])
+    proc = subprocess.Popen(_finetune_cmd(data, tmp_path / "b", step, workers=2), env=_env(),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert last.is_file(), "no checkpoint appeared"
+        time.sleep(random.uniform(0.0, 1.0))
+        proc.send_signal(signum)
+        sent = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        stop_s = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, stderr
+    state = torch.load(last, weights_only=True)
+    print(f"\n{signal.Signals(signum).name}: stopped in {stop_s:.2f} s at epoch {state['epoch']} + "
+          f"iteration {state['iteration']}")
+    assert stop_s < 10
+    assert f"{signal.Signals(signum).name} received; stopped" in stderr
+    assert not (tmp_path / "b" / "out.pt").exists()
+
+    loud = [arg for arg in _finetune_cmd(data, tmp_path / "b", step, workers=1) if arg != "--quiet"]
+    rerun = subprocess.run(loud, env=_env(), timeout=300, capture_output=True, text=True, check=True)
+    assert f"resumed from {last}" in rerun.stdout
+    if state["iteration"]:
+        assert f"in epoch {state['epoch'] + 1}/8 after iteration {state['iteration']}/" in rerun.stdout
+    _assert_same_weights(_weights(tmp_path / "a" / "out.pt"), _weights(tmp_path / "b" / "out.pt"))
 
 
 @pytest.mark.slow

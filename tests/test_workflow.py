@@ -217,9 +217,9 @@ def test_training_with_several_gpus_runs_through_torchrun(finished):
         line = next(line for line in out.splitlines() if "comedian finetune" in line)
         return line.split("Shell command:")[-1].strip()
 
-    assert command(2).startswith("torchrun --standalone --nproc-per-node 2 -m comedian finetune ")
-    assert command(1).startswith("python -m comedian finetune ")
-    assert command(0).startswith("python -m comedian finetune ")
+    assert command(2).startswith("exec torchrun --standalone --nproc-per-node 2 -m comedian finetune ")
+    assert command(1).startswith("exec python -m comedian finetune ")
+    assert command(0).startswith("exec python -m comedian finetune ")
 
 
 @pytest.mark.slow

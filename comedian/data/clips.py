@@ -262,7 +262,8 @@ class EpochSampler(Sampler):
     Each epoch the indices ``0 .. n - 1`` are shuffled by a permutation drawn from (seed, epoch) (or kept in
     order), padded by wrapping to a multiple of ``world_size``, and rank r takes every ``world_size``-th
     index from r on. Hence the ranks' b-th batches of B / world_size keys together hold exactly the keys of
-    the b-th batch of B of a single process. Call :meth:`set_epoch` before each epoch.
+    the b-th batch of B of a single process. Call :meth:`set_epoch` before each epoch; ``skip`` there
+    leaves out the rank's first keys of the epoch (those a mid-epoch checkpoint had already consumed).
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
@@ -272,21 +273,22 @@ class EpochSampler(Sampler):
             raise ValueError(f"rank {rank} out of range for world size {world_size}")
         self.n, self.seed, self.shuffle, self.rank, self.world_size = n, seed, shuffle, rank, world_size
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = int(epoch), int(skip)
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.world_size)
+        return math.ceil(self.n / self.world_size) - self.skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
             order = sample_rng(self.seed, STREAM_ORDER, self.epoch, 0).permutation(self.n)
         else:
             order = np.arange(self.n)
-        total = len(self) * self.world_size
+        total = math.ceil(self.n / self.world_size) * self.world_size
         order = np.resize(order, total)  # wraps around to pad
-        for index in order[self.rank :: self.world_size]:
+        for index in order[self.rank :: self.world_size][self.skip :]:
             yield self.epoch, int(index)
 
 

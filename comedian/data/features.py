@@ -32,7 +32,7 @@ import numpy as np
 
 from comedian.data.soccernet import HALVES, baidu_path, game_slug, read_game_list, slug_table
 from comedian.errors import InputError
-from comedian.io import atomic_path
+from comedian.io import atomic_h5
 
 BAIDU_DIM = 8576
 
@@ -180,7 +180,7 @@ def write_bank(
     tolerance_s: float,
 ) -> None:
     """Project every half and write the bank file atomically (layout in the module docstring)."""
-    with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_h5(output) as h5:
         for name in ("mean", "scale", "components", "explained_variance", "explained_variance_ratio"):
             h5.create_dataset(name, data=getattr(model, name))
         h5.attrs["n_rows_fit"] = model.n_rows

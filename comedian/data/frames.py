@@ -77,7 +77,7 @@ from pathlib import Path
 import numpy as np
 
 from comedian.errors import InputError
-from comedian.io import atomic_path
+from comedian.io import atomic_h5
 
 FORMAT = "comedian-packed-jpeg-v1"
 DEFAULT_FPS = 2.0
@@ -371,11 +371,9 @@ def extract_frames(
         InputError: missing, truncated or corrupt video, or a video without frames (one line,
             naming the file); no output is left.
     """
-    import h5py
-
     t0 = time.perf_counter()
     stream = VideoJpegStream(video, fps, quality, ffmpeg, threads, max_missing_s, max_corrupt_fraction)
-    with atomic_path(output) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_h5(output) as h5:
         data = h5.create_dataset("jpeg", shape=(0,), maxshape=(None,), dtype=np.uint8,
                                  chunks=(_CHUNK_BYTES,))
         pending, size = bytearray(), 0

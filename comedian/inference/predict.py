@@ -31,7 +31,7 @@ import numpy as np
 
 from comedian.data.soccernet import HALVES, SOCCERNET_V2_CLASSES, game_slug, read_game_list, slug_table
 from comedian.errors import InputError
-from comedian.io import atomic_path
+from comedian.io import atomic_h5
 
 __all__ = ["RawScoreWriter", "frame_paths", "load_spotting_model", "checkpoint_classes", "predict_split", "main"]
 
@@ -41,7 +41,7 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
 class RawScoreWriter:
-    """Write a raw-score HDF5 file (layout in the module docstring) through :func:`atomic_path`.
+    """Write a raw-score HDF5 file (layout in the module docstring) through :func:`~comedian.io.atomic_h5`.
 
     Use as a context manager; nothing appears at ``path`` unless the block completes::
 
@@ -57,12 +57,9 @@ class RawScoreWriter:
         self._h5 = None
 
     def __enter__(self) -> RawScoreWriter:
-        import h5py
-
-        self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
+        self._atomic = atomic_h5(self.path)
+        self._h5 = self._atomic.__enter__()
         try:
-            self._h5 = h5py.File(tmp, "w")
             self._h5.attrs["classes"] = json.dumps(self.classes)
             for key, value in self.attrs.items():
                 self._h5.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
@@ -86,10 +83,7 @@ class RawScoreWriter:
         half_group.create_dataset("times_s", data=times_s)
 
     def __exit__(self, *exc) -> None:
-        try:
-            self._h5.close()
-        finally:
-            self._atomic.__exit__(*exc)
+        self._atomic.__exit__(*exc)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -119,11 +119,25 @@ def make_checkpoint(model: nn.Module, step: str, parts: Iterable[str] | None = N
     return checkpoint
 
 
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a nested structure of dicts, lists and tuples (a checkpoint's size, nearly)."""
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.nelement()
+    if isinstance(value, Mapping):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
 def save_checkpoint(path: str | Path, checkpoint: Mapping[str, Any]) -> Path:
-    """Write a checkpoint atomically (nothing at ``path`` unless the whole file was written)."""
+    """Write a checkpoint (or any state dict) atomically: nothing at ``path`` unless the whole file was
+    written, and an older file there stays until then. A full disk or quota is a one-line
+    :class:`~comedian.errors.NoSpaceError` with the bytes needed (written through a Python file, so that
+    the OS error reaches :func:`~comedian.io.atomic_path` instead of torch's "unexpected pos")."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(dict(checkpoint), tmp)
+    with atomic_path(path, needed_bytes=tensor_bytes(checkpoint)) as tmp, open(tmp, "wb") as f:
+        torch.save(dict(checkpoint), f)
     return path
 
 

@@ -104,6 +104,8 @@ class FinetuneSettings:
         final_lr_ratio: lr at the end of each cosine / peak lr.
         batch_size: global clips per optimiser step; lr per 256 clips.
         weight_decay, grad_clip, precision: the optimisation.
+        checkpoint_every_s: also write the training state mid-epoch every this many seconds (0 = at
+            epoch ends and on SIGTERM/SIGUSR1 only); not part of the run's identity.
         windows_per_game: windows per game per epoch.
         sampling: ``uniform`` (authors) or ``random`` windows.
         radius_s: label radius in seconds (a frame is positive within it of an action).
@@ -136,6 +138,7 @@ class FinetuneSettings:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     precision: str = "bf16"
+    checkpoint_every_s: float = 1800.0
     frame_cache_mb: float = 0.0
     windows_per_game: int = 100
     sampling: str = "uniform"
@@ -384,6 +387,7 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     loop = LoopConfig(
         step=STEP, phases=phases, batch_size=settings.batch_size, weight_decay=settings.weight_decay,
         grad_clip=settings.grad_clip, seed=args.seed, workers=args.workers, precision=settings.precision,
+        checkpoint_every_s=settings.checkpoint_every_s,
         fingerprint=fingerprint(STEP, model_settings, settings, args.seed, games, valid_games, classes,
                                 file_identity(args.init)),
     )

@@ -21,10 +21,18 @@ whose ``forward(batch)`` returns the loss — a dataset keyed by ``(epoch, index
   rename) by rank 0 with the step module's state (model, heads, target, queues), the optimiser, scheduler
   and gradient-scaler states, every rank's RNG states (Python, NumPy, torch, CUDA), the epoch, the global
   step, the best validation score and the per-epoch history.
+  Also in the middle of an epoch, with the iteration reached and the epoch's running metric sums: every
+  ``checkpoint_every_s`` seconds of training (bounds what a SIGKILL loses), and on SIGTERM or SIGUSR1.
+- **Signals** (:data:`STOP_SIGNALS`: a Slurm time limit or preemption, ``scancel --signal``, ``kill``): the
+  iteration under way finishes, every rank agrees (the flag rides on the per-iteration all-reduce), the
+  mid-epoch ``last.pt`` is written, and the process exits with 128 + the signal number, a failure that
+  Snakemake resubmits (``retries``). A signal during the last iteration lets the run finish.
 - **Resume**: when ``last.pt`` exists and was written by the same run configuration (same fingerprint:
-  step, configs, seed, games, initial checkpoint), training restarts after its epoch and reaches the same
-  final weights as an uninterrupted run. A ``last.pt`` of another configuration is set aside
-  (renamed ``last.pt.stale``) and training starts over.
+  step, configs but ``checkpoint_every_s``, seed, games, initial checkpoint), training restarts where it
+  stopped — after its epoch, or mid-epoch skipping the epoch's keys already consumed (the samples are keyed
+  by (seed, epoch, index), so nothing else of the data depends on where it stopped) — and reaches the same
+  final weights as an uninterrupted run, bit for bit on CPU with the same number of processes. A
+  ``last.pt`` of another configuration is set aside (renamed ``last.pt.stale``) and training starts over.
 - **DDP**: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised (NCCL on CUDA, gloo on
   CPU), every rank reads its share of each epoch's samples (:class:`~comedian.data.clips.EpochSampler`),
   the trainable module is wrapped in ``DistributedDataParallel``; the global batch is split evenly over
@@ -49,6 +57,7 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -65,7 +74,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from comedian.data.clips import STREAM_MASK, EpochSampler, sample_rng, seed_worker, torch_generator
 from comedian.errors import InputError
-from comedian.io import atomic_path
 from comedian.models.checkpoint import save_checkpoint
 
 __all__ = [
@@ -73,7 +81,7 @@ __all__ = [
     "scaled_lr", "param_groups", "setup_distributed", "teardown_distributed", "seed_everything",
     "fingerprint", "resolve_device", "STATE_FORMAT", "ModelSettings", "build_step_model", "add_common_arguments",
     "settings_from", "sample_masks", "maybe_stage_run", "config_params", "parse_json_arg", "apply_threads",
-    "Prepared", "run_step",
+    "Prepared", "run_step", "Interrupted", "STOP_SIGNALS",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,10 +90,26 @@ STATE_FORMAT = "comedian-train-state/1"
 #: Parameter names (last component) kept out of weight decay whatever their shape.
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "time_embed", "mask_token", "relative_position_bias_table")
 PRECISIONS = ("bf16", "fp16", "fp32")
+#: Signals on which a step checkpoints mid-epoch and exits (Slurm sends SIGTERM at a time limit or a
+#: preemption, and the signal of ``sbatch --signal`` before the limit).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+#: Step settings that change when checkpoints are written, not what is trained: kept out of fingerprints.
+RUN_ONLY_SETTINGS = ("checkpoint_every_s",)
 
 
 class TrainingDiverged(InputError):
     """The loss (or the gradient norm) became NaN or infinite; the message names the step and epoch."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on a signal after writing a mid-epoch ``last.pt``; the process exits with
+    ``exit_code`` (128 + the signal number), which Snakemake treats as a failure to resubmit. A
+    KeyboardInterrupt, so that ``except Exception`` passes it on and MLflow marks the run KILLED."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,6 +157,8 @@ class LoopConfig:
         workers: DataLoader worker processes per rank (0 = load in the training process).
         precision: ``bf16`` / ``fp16`` autocast or ``fp32``, on CUDA; CPU always runs fp32.
         prefetch: batches prefetched per worker.
+        checkpoint_every_s: also write ``last.pt`` mid-epoch after this many seconds of training since the
+            last write (0 = at epoch ends and on signals only).
         fingerprint: identity of the run configuration (see :func:`fingerprint`); a ``last.pt`` with another
             fingerprint is not resumed.
     """
@@ -147,6 +173,7 @@ class LoopConfig:
     workers: int = 2
     precision: str = "bf16"
     prefetch: int = 2
+    checkpoint_every_s: float = 0.0
     fingerprint: str = ""
 
     @property
@@ -155,7 +182,11 @@ class LoopConfig:
 
 
 def fingerprint(*parts: Any) -> str:
-    """A short hash of JSON-serialisable parts (configs, seed, game lists...), to recognise a run."""
+    """A short hash of JSON-serialisable parts (configs, seed, game lists...), to recognise a run.
+
+    Dataclass parts count without their :data:`RUN_ONLY_SETTINGS` (a new checkpoint period resumes)."""
+    parts = tuple({k: v for k, v in asdict(p).items() if k not in RUN_ONLY_SETTINGS}
+                  if hasattr(p, "__dataclass_fields__") else p for p in parts)
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -413,6 +444,12 @@ class Trainer:
         self.global_step = 0
         self.best: dict[str, Any] = {"score": None, "epoch": None}
         self.history: list[dict[str, float]] = []
+        # The epoch under way: iterations done, running sums of its metrics, data wait and seconds so far.
+        self.iteration = 0
+        self.partial: dict[str, Any] = {"sums": {}, "wait": 0.0, "seconds": 0.0}
+        self.signal_seen: int | None = None  # a STOP_SIGNALS signal received by this process
+        self.stop_agreed = False  # some rank had received one at the last all-reduce
+        self.last_save = time.monotonic()
 
     # -- paths --------------------------------------------------------------------------------------
     @property
@@ -501,6 +538,9 @@ class Trainer:
             "fingerprint": self.config.fingerprint,
             "arch": getattr(getattr(self.module, "model", None), "arch", None),
             "epoch": self.epoch,
+            "iteration": self.iteration,
+            "partial": {"sums": {k: v.detach().cpu() for k, v in self.partial["sums"].items()},
+                        "wait": self.partial["wait"], "seconds": self.partial["seconds"]},
             "global_step": self.global_step,
             "phase": self.phase_index,
             "world_size": self.ctx.world_size,
@@ -515,11 +555,12 @@ class Trainer:
         }
 
     def _save_last(self) -> None:
+        """Write ``last.pt`` (atomic: a failed write, a full disk too, keeps the previous one)."""
         state = self.state_dict()  # every rank takes part (RNG gather)
         if self.ctx.is_main:
-            with atomic_path(self.last_path) as tmp:
-                torch.save(state, tmp)
+            save_checkpoint(self.last_path, state)
         self._barrier()
+        self.last_save = time.monotonic()
 
     def _read_last(self) -> dict[str, Any] | None:
         """``last.pt`` when it exists and belongs to this run configuration, else None (set aside)."""
@@ -552,6 +593,10 @@ class Trainer:
     def _resume(self, state: Mapping[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.iteration = int(state["iteration"])
+        partial = state["partial"]
+        self.partial = {"sums": {k: v.to(self.ctx.device) for k, v in partial["sums"].items()},
+                        "wait": float(partial["wait"]), "seconds": float(partial["seconds"])}
         self.best, self.history = dict(state["best"]), list(state["history"])
         self.scaler.load_state_dict(state["scaler"])
         if self.epoch < self.config.epochs:
@@ -568,35 +613,49 @@ class Trainer:
         else:
             log.warning("resumed with %d processes instead of %d: RNGs reseeded", self.ctx.world_size, len(rng))
             seed_everything(self.config.seed + 7919 * self.epoch + self.ctx.rank)
-        self.print(f"{self.config.step}: resumed from {self.last_path} after epoch {self.epoch}/{self.config.epochs}")
+        self.print(f"{self.config.step}: resumed from {self.last_path} {self._position()}")
 
     # -- one epoch ----------------------------------------------------------------------------------
     def _diverged(self, what: str, value: float, iteration: int) -> TrainingDiverged:
-        kept = (f"the last good checkpoint {self.last_path} (epoch {self.epoch}) is kept"
-                if self.last_path.is_file() else "no checkpoint was written yet")
+        kept = "no checkpoint was written yet"
+        if self.last_path.is_file():
+            state = torch.load(self.last_path, map_location="cpu", weights_only=True)
+            at = f"epoch {state['epoch']}" + (f", iteration {state['iteration']}" if state["iteration"] else "")
+            kept = f"the last good checkpoint {self.last_path} ({at}) is kept"
         return TrainingDiverged(
             f"{self.config.step}: {what} is {value} at epoch {self.epoch + 1}/{self.config.epochs}, iteration "
             f"{iteration}/{self.steps_per_epoch} (global step {self.global_step + 1}); training stopped and "
             f"{kept}; lower the learning rate or check the inputs"
         )
 
-    def _train_epoch(self) -> dict[str, float]:
+    def _stop_flags(self) -> list[float]:
+        """This rank's [signal received, periodic checkpoint due] (each 0 or 1), for the all-reduce."""
+        every = self.config.checkpoint_every_s
+        due = every > 0 and time.monotonic() - self.last_save >= every
+        return [float(self.signal_seen is not None), float(due)]
+
+    def _train_epoch(self) -> dict[str, float] | None:
+        """Train the epoch ``self.epoch`` from iteration ``self.iteration`` on; its metrics, or None when a
+        signal stopped it (after the mid-epoch checkpoint)."""
         cfg, module = self.config, self.module
-        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch, skip=self.iteration * self.local_batch)
         module.train_mode()
         params = [p for p in module.parameters() if p.requires_grad]
-        sums: dict[str, torch.Tensor] = {}
-        wait = 0.0
-        start = time.perf_counter()
+        sums: dict[str, torch.Tensor] = self.partial["sums"]
+        wait = self.partial["wait"]
+        start = time.perf_counter() - self.partial["seconds"]
         batches = iter(self.loader)
-        for i in range(1, self.steps_per_epoch + 1):
+        for i in range(self.iteration + 1, self.steps_per_epoch + 1):
             t0 = time.perf_counter()
             batch = _to_device(next(batches), self.ctx.device)
             wait += time.perf_counter() - t0
             lr = self.optimizer.param_groups[0]["lr"]
             with self._autocast():
                 loss, metrics = self.wrapped(batch)
-            flag = self._reduce_mean(torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()]))
+            # One all-reduce per iteration: [loss, loss not finite, signal received, checkpoint due].
+            flag = self._reduce_mean(torch.cat([
+                torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()]),
+                torch.tensor(self._stop_flags(), device=self.ctx.device)]))
             if flag[1] > 0 or not torch.isfinite(flag[0]):
                 raise self._diverged("the loss", float(loss.detach()), i)
             self.optimizer.zero_grad(set_to_none=True)
@@ -615,7 +674,17 @@ class Trainer:
             for name, value in {"loss": flag[0], "grad_norm": grad_norm, "lr": torch.tensor(lr), **metrics}.items():
                 value = value.detach().float().to(self.ctx.device)
                 sums[name] = sums[name] + value if name in sums else value
+            self.stop_agreed, due = bool(flag[2] > 0), bool(flag[3] > 0)  # the same on every rank
+            if (self.stop_agreed or due) and i < self.steps_per_epoch:
+                self.iteration = i
+                self.partial = {"sums": sums, "wait": wait, "seconds": time.perf_counter() - start}
+                self._save_last()
+                if self.stop_agreed:
+                    del batches
+                    return None
         del batches
+        self.iteration = 0
+        self.partial = {"sums": {}, "wait": 0.0, "seconds": 0.0}
         seconds = time.perf_counter() - start
         names = sorted(sums)
         means = self._reduce_mean(torch.stack([sums[n] for n in names]) / self.steps_per_epoch).tolist()
@@ -642,22 +711,61 @@ class Trainer:
                 self.best_path.unlink(missing_ok=True)  # a best.pt without last.pt is of an older run
             seed_everything(cfg.seed + self.ctx.rank)  # training-time randomness, distinct per rank
         run_start, trained = time.perf_counter(), 0
-        while self.epoch < cfg.epochs:
-            index = self._phase_of(self.epoch)
-            if index != self.phase_index:
-                self._enter_phase(index)
-            metrics = self._train_epoch()
-            self.epoch += 1
-            trained += 1
-            if self._validation_due():
-                metrics.update(self._validate())
-            self.history.append({"epoch": self.epoch, **metrics})
-            self._save_last()
-            elapsed = time.perf_counter() - run_start
-            eta = elapsed / trained * (cfg.epochs - self.epoch)
-            self._report(metrics, eta)
+        self.last_save = time.monotonic()
+        with self._catch_stop_signals():
+            while self.epoch < cfg.epochs:
+                index = self._phase_of(self.epoch)
+                if index != self.phase_index:
+                    self._enter_phase(index)
+                metrics = self._train_epoch()
+                if metrics is None:
+                    raise self._interrupted()
+                self._end_epoch(metrics)
+                trained += 1
+                elapsed = time.perf_counter() - run_start
+                self._report(metrics, elapsed / trained * (cfg.epochs - self.epoch))
+                if self.stop_agreed and self.epoch < cfg.epochs:  # signalled in the epoch's last iteration
+                    raise self._interrupted()
         self._write_output()
         return {"epochs": self.epoch, "best": dict(self.best), "history": self.history}
+
+    @contextmanager
+    def _catch_stop_signals(self) -> Iterator[None]:
+        """While training, a :data:`STOP_SIGNALS` signal only sets ``signal_seen`` (acted on at the next
+        iteration's all-reduce); the previous handlers come back afterwards."""
+        def note(signum: int, frame: Any) -> None:
+            self.signal_seen = signum
+
+        try:
+            previous = {s: signal.signal(s, note) for s in STOP_SIGNALS}
+        except ValueError:  # not the main thread: no handlers
+            yield
+            return
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _interrupted(self) -> Interrupted:
+        signum = self.signal_seen or signal.SIGTERM  # another rank's signal: exit as for SIGTERM
+        return Interrupted(signum, f"{self.config.step}: {signal.Signals(signum).name} received; stopped "
+                                   f"{self._position()} and wrote {self.last_path}; a rerun resumes from there")
+
+    def _position(self) -> str:
+        """Where training stands: ``after epoch E/N`` or ``in epoch E/N after iteration I/S``."""
+        if self.iteration:
+            return (f"in epoch {self.epoch + 1}/{self.config.epochs} after iteration "
+                    f"{self.iteration}/{self.steps_per_epoch}")
+        return f"after epoch {self.epoch}/{self.config.epochs}"
+
+    def _end_epoch(self, metrics: dict[str, float]) -> None:
+        """After an epoch's last iteration: validation, history, ``last.pt``."""
+        self.epoch += 1
+        if self._validation_due():
+            metrics.update(self._validate())
+        self.history.append({"epoch": self.epoch, **metrics})
+        self._save_last()
 
     def _validation_due(self) -> bool:
         """After the epoch just trained: every ``validate_every`` epochs of its phase, and at the phase's end."""
@@ -885,18 +993,23 @@ class Prepared:
 
 def run_step(stage: str, args: Any, prepare: Callable[[Any, DistContext], Prepared]) -> int:
     """The body of every step's ``main``: threads, process group, seeds (the same initial weights on every
-    rank), ``prepare``, an MLflow child run (rank 0), :meth:`Trainer.fit`, teardown."""
+    rank), ``prepare``, an MLflow child run (rank 0), :meth:`Trainer.fit`, teardown. Returns the exit
+    status: 0, or 128 + the signal number when a signal stopped training (:class:`Interrupted`)."""
     apply_threads(args.threads)
     ctx = setup_distributed(args.device)
     try:
         seed_everything(args.seed)
         prepared = prepare(args, ctx)
-        with maybe_stage_run(ctx, stage, prepared.params) as run:
+        with maybe_stage_run(ctx, stage, prepared.params) as run:  # an Interrupted ends it KILLED
             trainer = Trainer(prepared.loop, prepared.module, prepared.dataset, args.workdir, args.output, ctx, run,
                               print_fn=(lambda _: None) if args.quiet else print)
             summary = trainer.fit()
             if run is not None:
                 run.log_dict(summary["history"], "history.json")
+    except Interrupted as stopped:
+        if ctx.is_main:
+            print(f"comedian {stage}: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     finally:
         teardown_distributed()
     return 0

@@ -89,6 +89,8 @@ class SpatialSettings:
         augment: the augmentation set (keys of :class:`~comedian.data.clips.AugmentSpec`; ``blur_p`` and
             ``solarize_p`` are [view 1, view 2]).
         precision: CUDA autocast precision (bf16, fp16, fp32).
+        checkpoint_every_s: also write the training state mid-epoch every this many seconds (0 = at
+            epoch ends and on SIGTERM/SIGUSR1 only); not part of the run's identity.
     """
 
     epochs: int = 200
@@ -109,6 +111,7 @@ class SpatialSettings:
     pred_hidden: int = 1024
     augment: Any = None
     precision: str = "bf16"
+    checkpoint_every_s: float = 1800.0
     frame_cache_mb: float = 0.0
 
 
@@ -212,6 +215,7 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
                       warmup_start_ratio=settings.warmup_start_ratio),),
         batch_size=settings.batch_size, weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
         seed=args.seed, workers=args.workers, precision=settings.precision,
+        checkpoint_every_s=settings.checkpoint_every_s,
         fingerprint=fingerprint(STEP, model_settings, settings, args.seed, games),
     )
     params = config_params(model=model_settings, step=settings, seed=args.seed, world_size=ctx.world_size,

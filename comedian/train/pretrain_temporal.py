@@ -86,6 +86,8 @@ class TemporalSettings:
         copy_spatial_blocks: start the temporal blocks as copies of the first spatial blocks (ViViT only).
         epochs, warmup_epochs, batch_size, lr, final_lr_ratio, weight_decay, grad_clip, precision: the
             optimisation (batch = global clips per step; lr per 256 clips).
+        checkpoint_every_s: also write the training state mid-epoch every this many seconds (0 = at
+            epoch ends and on SIGTERM/SIGUSR1 only); not part of the run's identity.
         windows_per_game: windows per game per epoch.
         warmup_start_ratio: lr of the first warm-up step / peak (the authors' warmup_start_lr: 1%).
         sampling: ``segments`` (authors), ``random`` or ``uniform`` windows (:func:`comedian.data.clips.sample_windows`).
@@ -112,6 +114,7 @@ class TemporalSettings:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     precision: str = "bf16"
+    checkpoint_every_s: float = 1800.0
     frame_cache_mb: float = 0.0
     windows_per_game: int = 150
     sampling: str = "segments"
@@ -270,6 +273,7 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
                       warmup_start_ratio=settings.warmup_start_ratio),),
         batch_size=settings.batch_size, weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
         seed=args.seed, workers=args.workers, precision=settings.precision,
+        checkpoint_every_s=settings.checkpoint_every_s,
         fingerprint=fingerprint(STEP, model_settings, settings, args.seed, games, file_identity(args.init),
                                 file_identity(args.bank)),
     )

@@ -1,6 +1,7 @@
 # Config validation and the small helpers that compute inputs. Rules hold no path arithmetic.
 import json
 import os
+import re
 import shlex
 
 from comedian import tracking
@@ -176,22 +177,71 @@ def classes_json():
     return canonical(config["dataset"]["classes"])
 
 
-def launcher(wildcards, resources):
-    """`python -m comedian`, or torchrun with one process per GPU when the rule is given several."""
+def job_nodes(resources):
+    """Nodes of a job (the profile's ``nodes``; 1 when unset)."""
+    return int(resources.get("nodes", 1) or 1)
+
+
+def gpus_per_node(resources):
+    """GPUs on each node of a job: ``gpu`` (one node: sbatch --gpus), or N of ``gres: gpu[:type]:N``
+    (several nodes: sbatch --gres, which Slurm counts per node)."""
     gpus = int(resources.get("gpu", 0) or 0)
-    if gpus > 1:
-        return f"torchrun --standalone --nproc-per-node {gpus} -m comedian"
-    return "python -m comedian"
+    if gpus:
+        return gpus
+    match = re.fullmatch(r"gpu(?::[\w.-]+)?:(\d+)", str(resources.get("gres", "") or ""))
+    return int(match.group(1)) if match else 0
 
 
-def loader_workers(wildcards, threads):
-    """DataLoader workers per training process: the job's cores but one (the training process's)."""
-    return max(1, threads - 1)
+def ranks_per_node(resources):
+    """Training processes on each node: one per GPU, one on a CPU-only node."""
+    return max(1, gpus_per_node(resources))
 
 
-def torch_threads(wildcards, threads):
-    """Intra-op threads of the training process: the job's cores left to it by the loader workers."""
-    return max(1, threads - loader_workers(wildcards, threads))
+#: The per-node command of a multi-node job (run by srun, one task per node): one torchrun that joins
+#: the c10d rendezvous hosted by the job's first node (its NodeAddr, as Slurm reaches it), at a port
+#: and id taken from the job id; then the stage's arguments ("$@").
+NODE_TORCHRUN = (
+    'first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); '
+    'host=$(scontrol show node "$first" | sed -n "s/.*NodeAddr=\\([^ ]*\\).*/\\1/p"); '
+    "exec torchrun --nnodes {nodes} --nproc-per-node {ranks} --rdzv-backend c10d "
+    '--rdzv-id "$SLURM_JOB_ID" --rdzv-endpoint "$host:$((20000 + SLURM_JOB_ID % 10000))" '
+    '--rdzv-conf "is_host=$((SLURM_NODEID == 0))" -m comedian "$@"'
+)
+
+
+def launcher(wildcards, resources, threads):
+    """How a training rule starts its stage, ``exec``-ed so that a signal (Slurm's SIGTERM before a time
+    limit or at a preemption) reaches the stage or torchrun, not a shell in between:
+
+    - one node, at most one GPU: ``python -m comedian``;
+    - one node, several GPUs: ``torchrun --standalone``, one process per GPU;
+    - several nodes (``nodes`` > 1, inside a Slurm job): ``srun`` one task per node, each a torchrun of
+      one process per GPU of its node (:data:`NODE_TORCHRUN`); ``--overlap``, as Snakemake's own job step
+      holds the first node's CPUs.
+    """
+    nodes, ranks = job_nodes(resources), ranks_per_node(resources)
+    if nodes > 1:
+        script = NODE_TORCHRUN.format(nodes=nodes, ranks=ranks)
+        return (f"exec srun --overlap --nodes={nodes} --ntasks-per-node=1 --cpus-per-task={threads} "
+                f"--kill-on-bad-exit=1 bash -c {shlex.quote(script)} comedian-node")
+    if ranks > 1:
+        return f"exec torchrun --standalone --nproc-per-node {ranks} -m comedian"
+    return "exec python -m comedian"
+
+
+def rank_cores(threads, resources):
+    """Cores of one training process: its share of its node's (``threads`` are one node's cores)."""
+    return max(1, threads // ranks_per_node(resources))
+
+
+def loader_workers(wildcards, threads, resources):
+    """DataLoader workers per training process: its share of the node's cores but one (its own)."""
+    return max(1, rank_cores(threads, resources) - 1)
+
+
+def torch_threads(wildcards, threads, resources):
+    """Intra-op threads of each training process: its share of the cores left by its loader workers."""
+    return max(1, rank_cores(threads, resources) - loader_workers(wildcards, threads, resources))
 
 
 def temporal_init(wildcards):

@@ -38,6 +38,8 @@ rule extract:
         fps=config["extract"]["fps"],
         quality=config["extract"]["quality"],
         ffmpeg=ffmpeg_flag(),
+    group:
+        "extract"
     log:
         "logs/extract/{game}_{half}.log",
     benchmark:

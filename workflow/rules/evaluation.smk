@@ -13,6 +13,8 @@ rule evaluate:
         code=code("evaluate"),
         labels=data_root,
         classes=class_flags(),
+    group:
+        "scoring"
     log:
         "logs/evaluate/{model}_{split}_{metric}.log",
     benchmark:
@@ -51,6 +53,8 @@ if config["evaluate"]["splits"]:
             split=config["report"]["split"],
             pr_metric=config["report"]["pr_metric"],
             timeline_games=config["report"]["timeline_games"],
+        group:
+            "scoring"
         log:
             "logs/report.log",
         benchmark:

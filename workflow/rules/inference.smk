@@ -37,6 +37,8 @@ rule ensemble:
         "results/scores/ensemble/{split}.h5",
     params:
         code=code("ensemble"),
+    group:
+        "scoring"
     log:
         "logs/ensemble/{split}.log",
     benchmark:
@@ -60,6 +62,8 @@ rule postprocess:
         nms=config["postprocess"]["nms"],
         window_s=config["postprocess"]["window_s"],
         threshold=config["postprocess"]["threshold"],
+    group:
+        "scoring"
     log:
         "logs/postprocess/{model}_{split}.log",
     benchmark:
