@@ -39,8 +39,6 @@ import socket
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -247,6 +245,9 @@ def _probe_http(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 
     Any HTTP answer (even 401/404) counts as reachable; only connection failures and timeouts do not.
     """
+    import urllib.error  # lazily: ~20 ms that a stage run by hand (no tracking) need not pay
+    import urllib.request
+
     url = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout):

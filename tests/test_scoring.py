@@ -363,6 +363,29 @@ def test_bad_files(tmp_path):
         run_ours(tmp_path, "tight")
 
 
+@needs_official
+def test_documents_outside_the_fast_parser_equal_official(tmp_path):
+    """What msgspec rejects (NaN / Infinity literals, a lone surrogate, huge integers, a later
+    duplicate key) is read by the stdlib path, which the official reads the same way."""
+    predictions = [pred(1, 1000, 0.5, "Goal"), pred(1, 5000, 0.7, "Goal"), pred(2, 3000, 0.4, "Goal")]
+    text = json.dumps({"UrlLocal": "g", "predictions": predictions})
+    text = text.replace('"confidence": "0.7"', '"confidence": NaN', 1)
+    text = text.replace('"confidence": "0.4"', '"confidence": Infinity, "confidence": 0.9', 1)
+    text = text.replace('"UrlLocal": "g"', '"UrlLocal": "\\ud800", "n": 1%s' % ("0" * 400))
+    write_game(tmp_path, "l/s/g", [lab(1, 1000, "Goal"), lab(2, 3000, "Goal")], [])
+    (tmp_path / "preds" / "l/s/g" / "results_spotting.json").write_text(text)
+    assert scoring._fast_prediction_columns(text.encode()) is None
+    compare(tmp_path, ["tight", "at1"], ["Goal"], ["Goal"])
+
+
+def test_invalid_utf8_in_a_skipped_field_is_bad_json(tmp_path):
+    write_game(tmp_path, "l/s/g", [lab(1, 1000, "Goal")], [])
+    doc = json.dumps({"UrlLocal": "XX", "predictions": [pred(1, 1000, 0.5, "Goal")]}).encode()
+    (tmp_path / "preds" / "l/s/g" / "results_spotting.json").write_bytes(doc.replace(b"XX", b"\xff\xfe"))
+    with pytest.raises(InputError, match="results_spotting.json: not valid JSON"):
+        run_ours(tmp_path, "tight")
+
+
 def test_cli_prints_one_line_for_bad_input(tmp_path, capsys):
     from comedian.cli import main as comedian
 
