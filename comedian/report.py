@@ -14,6 +14,8 @@ Outputs (each given by its own flag, so a Snakefile can declare it):
   ``seed_mean`` / ``seed_std`` ({"a_mAP", "a_mAP_visible", "a_mAP_unshown"}: the mean over the seeds and
   their sample standard deviation, 0 for one seed): the paper's table cells are the means, its "ens." rows
   the ensemble.
+  Beside the splits, ``provenance``: the ``commit``, ``dirty`` flag and ``diff_sha256`` of the checkout
+  and the ``config_sha256`` of the pipeline invocation (:func:`comedian.provenance.current_summary`).
 - ``--ap-table`` (HTML) and ``--ap-csv``: per-class AP (all / visible / unshown, in %) of the figure
   split for each metric given, with the label counts, and the overall a-mAP row.
 - ``--pr-curves`` (PNG): per class, precision against recall at each tolerance of ``--pr-metric``.
@@ -458,8 +460,10 @@ def make_report(
         write_ap_table(header, rows, seed_table, seed_csv, "t-AmAP (%) of each seed, their mean and std, and "
                        "their ensemble", total_row=False)
         produced += [Path(p) for p in (seed_table, seed_csv) if p is not None]
-    with atomic_path(output_metrics) as tmp:
-        tmp.write_text(json.dumps(document, indent=2) + "\n")
+    from comedian.provenance import current_summary
+
+    with atomic_path(output_metrics) as tmp:  # {split: ...} plus what computed it: commit, config digest
+        tmp.write_text(json.dumps({**document, "provenance": current_summary()}, indent=2) + "\n")
     if run is not None:
         for s, by_metric in document.items():
             for metric, values in by_metric.items():

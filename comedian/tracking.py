@@ -68,6 +68,8 @@ HTTP_ENV_DEFAULTS: dict[str, str] = {
 }
 #: Seconds the reachability probe of an HTTP store waits (connect + response), one try.
 PROBE_TIMEOUT_S = 3.0
+#: Seconds between two samples of a training run's system metrics (MLflow's default is 10).
+SYSTEM_METRICS_INTERVAL_S = 10.0
 
 #: Tag keys set on every run.
 TAG_PARENT = "mlflow.parentRunId"
@@ -83,7 +85,7 @@ _BATCH_PARAMS, _BATCH_METRICS = 100, 1000
 _INPUT_ERROR_CODES = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS"}
 #: Loggers quieted (to ERROR) while we call MLflow: a new sqlite database prints 2-3 INFO lines, and
 #: urllib3 prints one WARNING per HTTP retry; our own one-line warning replaces them.
-_NOISY_LOGGERS = ("mlflow.store.db.utils", "alembic", "urllib3.connectionpool")
+_NOISY_LOGGERS = ("mlflow.store.db.utils", "alembic", "urllib3.connectionpool", "mlflow.system_metrics")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -617,6 +619,44 @@ class TrackedRun:
         text = json.dumps(values, indent=2, default=_json_default, allow_nan=True)
         self._log_local(name, lambda path: path.write_text(text))
 
+    def log_checkpoint(self, path: str | Path, metrics: Mapping[str, Any]) -> None:
+        """Log a step's output checkpoint as artifact ``checkpoint/<name>``, with the validation
+        ``metrics`` it was chosen by as ``checkpoint/metrics.json`` beside it (and as metrics
+        ``checkpoint.<key>``), and tag ``comedian.checkpoint`` with its artifact path."""
+        name = Path(path).name
+        self.log_artifact(path, "checkpoint")
+        self.log_dict(dict(metrics), "checkpoint/metrics.json")
+        numbers = {f"checkpoint.{k}": v for k, v in metrics.items() if _metric_value(v) is not None}
+        if numbers:
+            self.log_metrics(numbers)
+        self.set_tags({"comedian.checkpoint": f"checkpoint/{name}"})
+
+    @contextlib.contextmanager
+    def system_metrics(self, sampling_interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> Iterator[None]:
+        """While the block runs, MLflow's own system-metrics monitor logs ``system/*`` (CPU, memory,
+        disk, network; GPU utilisation and memory through pynvml where there is an NVIDIA GPU) to
+        this run every ``sampling_interval_s`` (``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` wins).
+        Nothing when tracking is off; a monitor that cannot start warns and the block still runs."""
+        monitor = None
+        if self._store is not None:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                with _quiet_loggers():
+                    monitor = SystemMetricsMonitor(
+                        self.run_id, sampling_interval=sampling_interval_s, tracking_uri=self.uri
+                    )
+                    monitor.start()
+            except Exception as err:  # noqa: BLE001 - e.g. psutil missing: tracking never fails a stage
+                self._warn_input("system metrics", err)
+                monitor = None
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                with _quiet_loggers():
+                    monitor.finish()
+
     def _log_local(self, name: str, write: Callable[[Path], Any]) -> None:
         """Write artifact ``name`` to a scratch file kept until the run ends (for a fallback replay)
         and log it. A failure to write it warns instead of raising."""
@@ -663,9 +703,11 @@ def stage_run(
     wildcards: Mapping[str, Any] | None = None,
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[TrackedRun]:
     """A child run of the pipeline run for one job of ``stage`` (a top-level run when
-    ``$COMEDIAN_PIPELINE_RUN_ID`` is unset).
+    ``$COMEDIAN_PIPELINE_RUN_ID`` is unset); with ``system_metrics``, MLflow's system metrics are
+    logged while the block runs (:meth:`TrackedRun.system_metrics`).
 
     Tags: ``mlflow.parentRunId``, ``comedian.stage``, ``comedian.wildcard.<name>`` per wildcard, plus
     host/pid/command/Slurm job id. ``params`` are logged at once. The run ends ``FINISHED`` when the
@@ -690,7 +732,8 @@ def stage_run(
     try:
         if params:
             run.log_params(params)
-        yield run
+        with run.system_metrics() if system_metrics else contextlib.nullcontext():
+            yield run
         status = _FINISHED
     except KeyboardInterrupt:
         status = _KILLED
@@ -716,22 +759,31 @@ def start_pipeline_run(
         experiment: experiment name (None -> :func:`resolve_experiment`).
         name: run name (default ``"pipeline <local time>"``).
         config: the pipeline config; logged as dotted params and as artifact ``config.json``.
+            The run also holds :func:`comedian.provenance.collect` (code, stack, machine, inputs) as
+            tags ``comedian.provenance.*`` and artifact ``provenance.json``.
         export: set ``COMEDIAN_TRACKING_URI`` (the store actually used: the fallback if ``uri``
             failed), ``COMEDIAN_TRACKING_FALLBACK_URI``, ``COMEDIAN_EXPERIMENT`` and
-            ``COMEDIAN_PIPELINE_RUN_ID`` in ``os.environ``, which every job inherits.
+            ``COMEDIAN_PIPELINE_RUN_ID`` in ``os.environ``, which every job inherits; and
+            ``COMEDIAN_PROVENANCE`` (commit and digests, for result files) even with tracking off.
 
     Returns:
         The parent run id, or None when tracking is off or no store works (then nothing is exported
         but ``COMEDIAN_TRACKING`` stays as it is, and jobs try the stores themselves).
     """
+    from comedian import provenance
+
+    found = provenance.collect(config)
+    if export:
+        os.environ[provenance.ENV_SUMMARY] = json.dumps(provenance.summary(found))
     name = name or time.strftime("pipeline %Y-%m-%d %H:%M:%S")
-    run = TrackedRun(name, {**_context_tags(), TAG_KIND: "pipeline"}, uri, experiment)
+    run = TrackedRun(name, {**_context_tags(), **provenance.tags(found), TAG_KIND: "pipeline"}, uri, experiment)
     if run.run_id is None:
         run.end(_FAILED)
         return None
     if config:
         run.log_params(config)
         run.log_dict(dict(config), "config.json")
+    run.log_dict(found, "provenance.json")
     run.detach()
     if export:
         os.environ[ENV_URI] = run.uri

@@ -55,7 +55,7 @@ def closure(requirements: list[Requirement]) -> dict[str, metadata.Distribution]
     """Canonical name -> installed distribution, for ``requirements`` and all they require here."""
     found: dict[str, metadata.Distribution] = {}
     done: set[tuple[str, frozenset[str]]] = set()
-    todo = list(requirements)
+    todo = [r for r in requirements if _applies(r, frozenset())]
     while todo:
         requirement = todo.pop()
         name, extras = canonicalize_name(requirement.name), frozenset(requirement.extras)

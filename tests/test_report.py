@@ -87,7 +87,8 @@ def _args(data: Path, out: Path, *extra: str) -> list[str]:
 def test_report_outputs(data, tmp_path):
     assert report.main(_args(data, tmp_path, "--metrics", "valid", str(data / "valid_tight.json"))) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert sorted(metrics) == ["test", "valid"] and sorted(metrics["test"]) == ["loose", "tight"]
+    assert sorted(metrics) == ["provenance", "test", "valid"] and sorted(metrics["test"]) == ["loose", "tight"]
+    assert len(metrics["provenance"]["commit"]) == 40 and isinstance(metrics["provenance"]["dirty"], bool)
     for metric in ("tight", "loose"):
         evaluated = json.loads((data / f"test_{metric}.json").read_text())
         assert metrics["test"][metric] == {k: evaluated[k] for k in scoring.RESULT_KEYS}
@@ -186,7 +187,7 @@ def test_report_refuses_bad_inputs(data, tmp_path):
 
 def test_metrics_only(data, tmp_path):
     report.main(["--metrics", "test", str(data / "test_tight.json"), "--output-metrics", str(tmp_path / "m.json")])
-    assert list(json.loads((tmp_path / "m.json").read_text())) == ["test"]
+    assert list(json.loads((tmp_path / "m.json").read_text())) == ["test", "provenance"]
 
 
 def test_seed_metrics_give_each_seed_their_mean_std_and_the_ensemble(data, tmp_path):

@@ -158,7 +158,17 @@ def test_parent_and_child_runs_in_default_store(workdir, caplog):
     assert p.data.tags[tracking.TAG_KIND] == "pipeline"
     assert p.data.params["pca.dim"] == "512"
     assert json.loads(p.data.params["splits"]) == ["train"]
-    assert _artifacts(uri, parent) == {"config.json", "snakemake.log"}
+    assert _artifacts(uri, parent) == {"config.json", "provenance.json", "snakemake.log"}
+    # provenance: the checkout's commit and dirty flag, the stack's versions (tags; all in provenance.json)
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert p.data.tags["comedian.provenance.git.commit"] == git.stdout.strip()
+    assert p.data.tags["comedian.provenance.git.dirty"] in {"True", "False"}
+    from importlib import metadata
+
+    assert p.data.tags["comedian.provenance.stack.torch"] == metadata.version("torch")
+    found = json.loads(Path(client.download_artifacts(parent, "provenance.json", str(workdir))).read_text())
+    assert found["git"]["commit"] == git.stdout.strip() and found["stack"]["mlflow"] == metadata.version("mlflow")
+    assert json.loads(os.environ["COMEDIAN_PROVENANCE"])["config_sha256"] == found["config_sha256"]
 
     c = client.get_run(child)
     assert c.info.status == "FINISHED"
@@ -188,6 +198,22 @@ def test_parent_and_child_runs_in_default_store(workdir, caplog):
     assert f.data.metrics["loss"] == 2.0
     assert _tracking_warnings(caplog) == []
     assert not (workdir / "results" / "mlflow-offline.db").exists()
+
+
+def test_checkpoint_and_system_metrics(workdir, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    checkpoint = workdir / "out.pt"
+    checkpoint.write_bytes(b"weights")
+    with tracking.stage_run("finetune", system_metrics=True) as run:
+        time.sleep(1.5)
+        run.log_checkpoint(checkpoint, {"epoch": 3, "valid_tight_amap": 0.5})
+    client = _client(os.environ.get(tracking.ENV_URI) or tracking.resolve_uri())
+    done = client.get_run(run.run_id)
+    assert _artifacts(run.uri, run.run_id) == {"checkpoint/out.pt", "checkpoint/metrics.json"}
+    assert done.data.tags["comedian.checkpoint"] == "checkpoint/out.pt"
+    assert done.data.metrics["checkpoint.valid_tight_amap"] == 0.5
+    assert "system/cpu_utilization_percentage" in done.data.metrics
+    assert "system/system_memory_usage_megabytes" in done.data.metrics
 
 
 def test_stage_run_by_hand_is_top_level(workdir):

@@ -584,3 +584,28 @@ def test_no_token_is_masked_while_the_trunk_is_frozen():
     module.forward(batch)
     assert masks[0] is None  # the classifier phase: frozen trunk in eval mode, as the authors'
     assert masks[1].sum(1).tolist() == [2, 2]  # the whole-model phase: alpha2 of the 4 tokens
+
+
+def test_a_finetuning_run_holds_its_checkpoint_and_system_metrics(data, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("COMEDIAN_TRACKING", "1")
+    monkeypatch.setenv("COMEDIAN_TRACKING_URI", uri)
+    monkeypatch.setenv("COMEDIAN_TRACKING_FALLBACK_URI", uri)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
+    step = {**FINETUNE, "epochs": 2, "validate_every": 1}
+    assert finetune.main(_finetune_args(data, tmp_path, step)) == 0
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("comedian").experiment_id])
+    names = {info.path for info in client.list_artifacts(run.info.run_id, "checkpoint")}
+    assert names == {"checkpoint/out.pt", "checkpoint/metrics.json"}
+    logged = Path(client.download_artifacts(run.info.run_id, "checkpoint/out.pt", str(tmp_path / "dl")))
+    assert logged.read_bytes() == (tmp_path / "out.pt").read_bytes()
+    chosen = json.loads(Path(client.download_artifacts(run.info.run_id, "checkpoint/metrics.json",
+                                                       str(tmp_path / "dl"))).read_text())
+    training = read_checkpoint(tmp_path / "out.pt")["extra"]["training"]
+    assert chosen["epoch"] == (training["best"]["epoch"] or training["epochs"])  # the epoch the output holds
+    validated = {k: v for k, v in training["history"][chosen["epoch"] - 1].items() if k.startswith("valid_")}
+    assert validated and {k: chosen[k] for k in validated} == validated
+    assert any(key.startswith("system/") for key in run.data.metrics)

@@ -90,7 +90,8 @@ def test_whole_dag_runs(finished):
         assert h5["components"].shape == (16, 8576)
         assert len(h5["halves"]) == 3
     metrics = json.loads((finished / "results" / "metrics.json").read_text())
-    assert set(metrics) == {"test"} and set(metrics["test"]) == {"tight", "loose"}
+    assert set(metrics) == {"test", "provenance"} and set(metrics["test"]) == {"tight", "loose"}
+    assert metrics["provenance"]["config_sha256"] is not None and metrics["provenance"]["commit"] != "unknown"
     tight = metrics["test"]["tight"]
     assert set(tight) >= {"a_mAP", "a_mAP_per_class", "a_mAP_visible", "a_mAP_unshown", "seeds", "seed_mean"}
     # one seed: its model is the ensemble's only member, so the two score alike

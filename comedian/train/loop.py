@@ -814,6 +814,10 @@ class Trainer:
                 if self.best["score"] is not None:
                     self.tracker.log_metrics({f"best_{self.module.score_key}": self.best["score"],
                                               "best_epoch": self.best["epoch"]})
+                epoch = self.best["epoch"] or self.epoch  # the output's epoch: the best one, or the last
+                chosen = next((h for h in self.history if h["epoch"] == epoch), {"epoch": epoch})
+                self.tracker.log_checkpoint(self.output, {k: v for k, v in chosen.items()
+                                                          if k == "epoch" or k.startswith(("valid_", "best_"))})
             self.print(f"{self.config.step}: wrote {self.output}")
         self._barrier()
 
@@ -826,7 +830,7 @@ def maybe_stage_run(ctx: DistContext, stage: str, params: Mapping[str, Any]) -> 
         return
     from comedian.tracking import stage_run
 
-    with stage_run(stage, params=params) as run:
+    with stage_run(stage, params=params, system_metrics=True) as run:
         yield run
 
 
