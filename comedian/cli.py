@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "evaluate": "comedian.scoring",
     "report": "comedian.report",
     "spot": "comedian.spot",
+    "tracking-server": "comedian.tracking",
 }
 
 

@@ -76,6 +76,7 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_KIND = "comedian.kind"
 TAG_STAGE = "comedian.stage"
 TAG_WILDCARD_PREFIX = "comedian.wildcard."
+TAG_WORKDIR = "comedian.workdir"
 
 _OFF_VALUES = {"0", "off", "false", "no"}
 _RUNNING, _FINISHED, _FAILED, _KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
@@ -110,10 +111,15 @@ def resolve_uri(uri: str | None = None) -> str:
     return _absolute_sqlite(uri)
 
 
-def resolve_fallback_uri(uri: str | None = None) -> str:
+def resolve_fallback_uri(uri: str | None = None, primary: str | None = None) -> str:
     """The fallback store: ``uri``, else ``$COMEDIAN_TRACKING_FALLBACK_URI``, else
-    :data:`DEFAULT_FALLBACK_URI` (absolute, as in :func:`resolve_uri`)."""
-    return _absolute_sqlite(uri or os.environ.get(ENV_FALLBACK_URI) or DEFAULT_FALLBACK_URI)
+    :data:`DEFAULT_FALLBACK_URI` (absolute, as in :func:`resolve_uri`). When the ``primary`` store
+    (default :func:`resolve_uri`) is an HTTP server, the default is a file of this process alone,
+    ``results/mlflow-offline/<host>-<pid>.db``: jobs on a cluster never share a sqlite file."""
+    chosen = uri or os.environ.get(ENV_FALLBACK_URI)
+    if not chosen and _is_http(primary or resolve_uri()):
+        chosen = f"sqlite:///results/mlflow-offline/{socket.gethostname()}-{os.getpid()}.db"
+    return _absolute_sqlite(chosen or DEFAULT_FALLBACK_URI)
 
 
 def resolve_experiment(name: str | None = None) -> str:
@@ -402,7 +408,8 @@ class TrackedRun:
         self.uri: str | None = None
         self._store: _Store | None = None
         self._enabled = tracking_enabled()
-        self._uris = [resolve_uri(uri), resolve_fallback_uri(fallback_uri)]
+        primary = resolve_uri(uri)
+        self._uris = [primary, resolve_fallback_uri(fallback_uri, primary)]
         if self._uris[1] == self._uris[0]:
             self._uris.pop()
         self._experiment = resolve_experiment(experiment)
@@ -776,10 +783,12 @@ def start_pipeline_run(
     if export:
         os.environ[provenance.ENV_SUMMARY] = json.dumps(provenance.summary(found))
     name = name or time.strftime("pipeline %Y-%m-%d %H:%M:%S")
-    run = TrackedRun(name, {**_context_tags(), **provenance.tags(found), TAG_KIND: "pipeline"}, uri, experiment)
+    tags = {**_context_tags(), **provenance.tags(found), TAG_KIND: "pipeline", TAG_WORKDIR: str(Path.cwd())}
+    run = TrackedRun(name, tags, uri, experiment)
     if run.run_id is None:
         run.end(_FAILED)
         return None
+    close_killed_pipeline_runs(run.uri, run.run_id, experiment)
     if config:
         run.log_params(config)
         run.log_dict(dict(config), "config.json")
@@ -787,7 +796,8 @@ def start_pipeline_run(
     run.detach()
     if export:
         os.environ[ENV_URI] = run.uri
-        os.environ[ENV_FALLBACK_URI] = resolve_fallback_uri()
+        if os.environ.get(ENV_FALLBACK_URI) or not _is_http(run.uri):  # else each job has its own file
+            os.environ[ENV_FALLBACK_URI] = resolve_fallback_uri(primary=run.uri)
         os.environ[ENV_EXPERIMENT] = resolve_experiment(experiment)
         os.environ[ENV_PARENT_RUN_ID] = run.run_id
     return run.run_id
@@ -825,3 +835,82 @@ def end_pipeline_run(
         store.call("set_terminated", run_id, status=status.upper(), end_time=_now_ms())
     except Exception as err:  # noqa: BLE001 - tracking never fails the pipeline
         _warn(f"could not end pipeline run {run_id} in {uri} ({_one_line(err)})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_killed_pipeline_runs(uri: str, current: str, experiment: str | None = None) -> list[str]:
+    """Close as ``KILLED`` the pipeline runs of this working directory still ``RUNNING`` in ``uri``
+    (and their running children): invocations killed before their ``onerror:`` ran. Snakemake locks
+    a working directory, so another invocation there is running only if its process is alive; one
+    of this host whose pid lives is left alone. Returns the ids closed; never raises."""
+    closed = []
+    try:
+        store = _open_store(uri, resolve_experiment(experiment))
+        stale = store.call(
+            "search_runs",
+            [store.experiment_id],
+            filter_string=f"tags.`{TAG_KIND}` = 'pipeline' and tags.`{TAG_WORKDIR}` = '{Path.cwd()}' "
+            f"and attributes.status = '{_RUNNING}'",
+        )
+    except Exception as err:  # noqa: BLE001 - tracking never fails the pipeline
+        _warn(f"could not look for killed pipeline runs in {uri} ({_one_line(err)})")
+        return closed
+    for old in stale:
+        tags = old.data.tags
+        if old.info.run_id == current:
+            continue
+        pid = tags.get("comedian.pid", "")
+        if tags.get("comedian.host") == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
+            continue
+        end_pipeline_run(old.info.run_id, status=_KILLED, uri=uri)
+        closed.append(old.info.run_id)
+    return closed
+
+
+# --------------------------------------------------------------------------------------------------
+# `comedian tracking-server`
+
+
+def server_command(store: Path, host: str, port: int, workers: int) -> list[str]:
+    """The ``mlflow server`` command line: sqlite in ``store`` (local disk), artifacts served by the
+    server from ``store/mlartifacts``, so that jobs need nothing but HTTP."""
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{store.resolve()}/mlflow.db",
+        "--artifacts-destination", str(store.resolve() / ARTIFACT_DIRNAME), "--serve-artifacts",
+        "--host", host, "--port", str(port), "--workers", str(workers),
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``comedian tracking-server``: an MLflow server for the jobs of a cluster (run it on the login
+    node); prints the URI to put in the config's ``tracking.uri``."""
+    import argparse
+
+    default_store = Path(tempfile.gettempdir()) / f"comedian-mlflow-{getpass.getuser()}"
+    parser = argparse.ArgumentParser(
+        prog="comedian tracking-server",
+        description="Serve MLflow tracking over HTTP for a pipeline's jobs (sqlite on this machine's local "
+        "disk, artifacts through the server). Put the printed URI in tracking.uri.",
+    )
+    parser.add_argument("--store", type=Path, default=default_store,
+                        help=f"folder on LOCAL disk for mlflow.db and the artifacts (default {default_store})")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=4, help="server worker processes (default 4)")
+    args = parser.parse_args(argv)
+    args.store.mkdir(parents=True, exist_ok=True)
+    name = socket.getfqdn() if args.host in {"0.0.0.0", "::"} else args.host
+    print(f"comedian tracking-server: store {args.store.resolve()}", flush=True)
+    print(f"tracking.uri: http://{name}:{args.port}", flush=True)
+    os.execv(sys.executable, server_command(args.store, args.host, args.port, args.workers))
+    return 0  # not reached

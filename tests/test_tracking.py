@@ -495,3 +495,92 @@ def test_real_server_parent_child_and_failover(workdir, caplog, tmp_path):
         assert len(warnings) == 1 and url in warnings[0] and fallback in warnings[0]
     finally:
         _stop_server(proc)
+
+
+def test_killed_invocation_is_closed_by_the_next(workdir):
+    """A parent run left RUNNING by an invocation that was killed (its process is gone) is closed as
+    KILLED, with its running children, when the next invocation of this working directory starts."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    first = tracking.start_pipeline_run(None, None, name="killed")
+    with tracking.stage_run("extract") as child:
+        pass
+    orphan = tracking.TrackedRun("finetune", {tracking.TAG_PARENT: first})  # left RUNNING, as by a SIGKILL
+    orphan.detach()
+    client = _client(os.environ[tracking.ENV_URI])
+    client.set_tag(first, "comedian.pid", dead)
+    alive = tracking.start_pipeline_run(None, None, name="still running")  # this process: alive
+    second = tracking.start_pipeline_run(None, None, name="next")
+    assert client.get_run(first).info.status == "KILLED"
+    assert client.get_run(orphan.run_id).info.status == "KILLED"
+    assert client.get_run(child.run_id).info.status == "FINISHED"
+    assert client.get_run(alive).info.status == "RUNNING"  # its pid (this test) lives
+    assert client.get_run(second).info.status == "RUNNING"
+    for run_id in (alive, second):
+        tracking.end_pipeline_run(run_id)
+
+
+_TIMED_JOB = textwrap.dedent(
+    """
+    import contextlib, os, sys, time
+    from pathlib import Path
+    # Imported before the clock starts (each job pays them whatever the store; on a cluster, on its own
+    # cores): mlflow, and IPython, which mlflow's Databricks check imports on the first HTTP request.
+    import mlflow
+    from mlflow import MlflowClient
+    with contextlib.suppress(ImportError):
+        import IPython
+    from comedian import tracking
+    Path(f"ready-{sys.argv[1]}").touch()
+    while not Path("go").exists():
+        time.sleep(0.01)
+    start = time.perf_counter()
+    with tracking.stage_run("extract", wildcards={"job": sys.argv[1]}) as run:
+        started = time.perf_counter() - start
+        run.log_metrics({"x": 1.0})
+    print(run.uri, run.run_id, started)
+    """
+)
+
+
+@pytest.mark.slow
+def test_tracking_server_holds_50_concurrent_jobs(tmp_path):
+    """`comedian tracking-server` prints its URI; 50 jobs starting at once each open their run over HTTP
+    in < 1 s (median) and none opens a sqlite file."""
+    port = _free_port()
+    store = tmp_path / "store"
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_VARS}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "comedian", "tracking-server", "--store", str(store), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        lines = [server.stdout.readline(), server.stdout.readline()]
+        assert lines[1].strip() == f"tracking.uri: http://127.0.0.1:{port}"
+        url = lines[1].split(": ", 1)[1].strip()
+        _wait_healthy(url, server, limit_s=180)
+        _client(url).create_experiment("comedian")
+        jobs_dir = tmp_path / "jobs"
+        jobs_dir.mkdir()
+        job_env = {**env, tracking.ENV_URI: url, tracking.ENV_PARENT_RUN_ID: "", "OMP_NUM_THREADS": "1"}
+        n = 50
+        procs = [subprocess.Popen([sys.executable, "-c", _TIMED_JOB, str(i)], cwd=jobs_dir, env=job_env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+        deadline = time.monotonic() + 600
+        while len(list(jobs_dir.glob("ready-*"))) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (jobs_dir / "go").touch()
+        outs = [p.communicate(timeout=600) for p in procs]
+        assert [p.returncode for p in procs] == [0] * n, [err[-500:] for _, err in outs if err]
+        rows = [out.split() for out, _ in outs]
+        fell_back = [err.strip().splitlines()[-1] for (out, err), (uri, _, _) in zip(outs, rows) if uri != url]
+        assert not fell_back, f"{len(fell_back)} jobs fell back: {fell_back[:3]}"
+        starts = sorted(float(s) for _, _, s in rows)
+        print(f"tracking start of {n} concurrent jobs: median {starts[n // 2]:.2f} s, max {starts[-1]:.2f} s")
+        assert starts[n // 2] < 1.0
+        assert not list(jobs_dir.rglob("*.db"))  # no sqlite file opened by a job
+        assert len(_runs(url)) == n
+    finally:
+        _stop_server(server)
