@@ -281,16 +281,18 @@ def test_tracking_off_logs_nothing(tmp_path, monkeypatch):
         os.environ.update(saved)
 
 
-def _warm_fallback(workdir) -> str:
-    """Open the default fallback store once so timings below exclude creating its schema."""
-    fallback = tracking.resolve_fallback_uri()
+def _warm_fallback(workdir, server: str) -> str:
+    """Open the default fallback store of ``server`` (a file of this process) once so timings below
+    exclude creating its schema."""
+    fallback = tracking.resolve_fallback_uri(primary=server)
+    assert "/results/mlflow-offline/" in fallback and fallback.endswith(f"-{os.getpid()}.db")
     tracking._open_store(fallback, tracking.resolve_experiment())
     return fallback
 
 
 def test_unreachable_server_falls_back_with_one_warning(workdir, caplog):
-    fallback = _warm_fallback(workdir)
     server = f"http://127.0.0.1:{_free_port()}"
+    fallback = _warm_fallback(workdir, server)
     os.environ[tracking.ENV_URI] = server
     os.environ[tracking.ENV_PARENT_RUN_ID] = "f" * 32
     start = time.monotonic()
@@ -319,11 +321,11 @@ def test_unreachable_server_falls_back_with_one_warning(workdir, caplog):
 
 def test_silent_server_is_given_up_quickly(workdir, caplog):
     """A server that accepts connections but never answers costs one probe timeout, not minutes."""
-    fallback = _warm_fallback(workdir)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
         server = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        fallback = _warm_fallback(workdir, server)
         start = time.monotonic()
         parent = tracking.start_pipeline_run(server, "comedian", name="pipeline offline")
         elapsed = time.monotonic() - start
