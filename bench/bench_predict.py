@@ -26,8 +26,9 @@ import torch
 from PIL import Image
 
 from comedian.data.frames import FORMAT, PackedFrames
-from comedian.inference.windows import frames_to_input, sliding_window_scores, window_plan
+from comedian.inference.windows import sliding_window_scores, window_plan
 from comedian.models import build_model
+from comedian.preprocess import frames_to_input
 
 
 def make_packed(path: Path, n: int, seed: int = 0) -> Path:

@@ -18,6 +18,7 @@ from comedian.data.clips import (
     HalfVideo,
     SubVideoPairs,
     WindowClips,
+    collate_samples,
     decode_size,
     list_halves,
     sample_windows,
@@ -26,8 +27,9 @@ from comedian.data.clips import (
 from comedian.data.soccernet import game_slug
 from comedian.data.targets import token_targets
 from comedian.errors import InputError
-from packed_frames import write_packed
+from comedian.preprocess import PARAM_KEYS, augment, batch_frames
 from comedian.train.finetune import SpotTargets
+from packed_frames import write_packed
 
 GAMES = ["lg/2020-2021/2020-09-01 - 20-00 A 1 - 0 B", "lg/2020-2021/2020-09-02 - 20-00 C 2 - 2 D"]
 COUNTS = {(0, 1): 40, (0, 2): 33, (1, 1): 36, (1, 2): 12}  # frames per half; the last is shorter than a window
@@ -199,20 +201,25 @@ def _strong(**overrides) -> AugmentSpec:
     return AugmentSpec(**{**values, **overrides})
 
 
+def _augmented(clip: np.ndarray | torch.Tensor, params: ClipParams, size: int) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> (T, size, size, 3) augmented on the CPU as the training step does."""
+    frames = torch.as_tensor(clip).movedim(-1, -3)[None]
+    return augment(frames, collate_samples([params.tensors()]), size)[0].movedim(-3, -1).to(torch.uint8)
+
+
 def test_augmentation_is_clip_consistent():
     """The same draw for every frame: augmenting a clip = augmenting each frame alone with its parameters."""
     rng = np.random.default_rng(0)
     clip = rng.integers(0, 256, size=(6, 24, 40, 3), dtype=np.uint8)
-    augment = ClipAugment(_strong(), 16)
+    spec = ClipAugment(_strong(), 16)
     for k in range(10):
-        params = augment.draw(np.random.default_rng(k))
-        whole = augment.apply(clip, params)
-        assert whole.shape == (6, 16, 16, 3) and whole.dtype == torch.uint8
+        params = spec.draw(np.random.default_rng(k))
+        whole = _augmented(clip, params, 16)
+        assert whole.shape == (6, 16, 16, 3)
         for t in range(6):
-            assert torch.equal(whole[t], augment.apply(clip[t : t + 1], params)[0])
+            assert torch.equal(whole[t], _augmented(clip[t : t + 1], params, 16)[0])
     # identical frames stay identical
-    same = np.repeat(clip[:1], 4, axis=0)
-    out = augment(same, np.random.default_rng(1))
+    out = _augmented(np.repeat(clip[:1], 4, axis=0), spec.draw(np.random.default_rng(1)), 16)
     assert all(torch.equal(out[0], out[t]) for t in range(4))
 
 
@@ -226,8 +233,7 @@ def test_augmentation_draws_are_reproducible_and_vary():
 
 
 def test_no_augmentation_is_a_plain_resize():
-    clip = index_frames(3)
-    out = ClipAugment(AugmentSpec(), 8).apply(clip, ClipParams())
+    out = _augmented(index_frames(3), ClipAugment(AugmentSpec(), 8).draw(np.random.default_rng(0)), 8)
     assert out.shape == (3, 8, 8, 3) and _level(out).tolist() == [0, 1, 2]
 
 
@@ -263,6 +269,7 @@ def test_window_clips_deliver_frames_labels_and_keys(halves):
         expected = [min(start + j, halves[half].count - 1) for j in range(16)]
         assert _level(item["clip"]).tolist() == expected
         assert item["key"].tolist() == [0, index]
+        assert set(item["augment"]) == set(PARAM_KEYS)
         assert float(item["start_s"]) == start / 2.0
         h = halves[half]
         rows = LABELS[(LABELS.game == h.game) & (LABELS.half == h.half)]
@@ -291,28 +298,48 @@ def test_samples_do_not_depend_on_workers_or_instances(halves):
             for j in range(4):
                 want = direct[4 * b + j]
                 assert torch.equal(batch["clip"][j], want["clip"])
+                for name, value in want["augment"].items():
+                    assert torch.equal(batch["augment"][name][j], value)
                 assert torch.equal(batch["key"][j], want["key"])
                 assert torch.equal(batch["targets"][j], want["targets"])
+
+
+def _same_sample(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        _same_sample(a[k], b[k]) if isinstance(a[k], dict) else torch.equal(a[k], b[k]) for k in a)
 
 
 def test_subvideo_pairs_are_reproducible_views_of_one_second(halves):
     augments = (ClipAugment(_strong(blur_p=1.0, solarize_p=0.0), 8), ClipAugment(_strong(blur_p=0.1), 8))
     data = SubVideoPairs(halves, augments, seed=0)
-    item = data[(0, 3)]  # half 0, frames 6 and 7
-    assert item["view1"].shape == item["view2"].shape == (2, 8, 8, 3)
-    again = SubVideoPairs(halves, augments, seed=0)[(0, 3)]
-    assert torch.equal(item["view1"], again["view1"]) and torch.equal(item["view2"], again["view2"])
+    item = data[(0, 3)]  # half 0, frames 6 and 7, at most 4 x 8 px per side (crops)
+    assert item["clip"].shape == (2, 24, 32, 3) and _level(item["clip"]).tolist() == [6, 7]
+    assert set(item) == {"clip", "augment_view1", "augment_view2"}
+    assert _same_sample(item, SubVideoPairs(halves, augments, seed=0)[(0, 3)])
     other_epoch = data[(1, 3)]
-    assert not torch.equal(item["view1"], other_epoch["view1"])
+    assert not torch.equal(item["augment_view1"]["crop"], other_epoch["augment_view1"]["crop"])
+    assert not torch.equal(item["augment_view1"]["crop"], item["augment_view2"]["crop"])  # two views differ
     plain = SubVideoPairs(halves, (ClipAugment(AugmentSpec(), 8),) * 2, seed=0)[(0, 3)]
-    assert _level(plain["view1"]).tolist() == [6, 7]
+    assert plain["clip"].shape == (2, 8, 8, 3) and _level(plain["clip"]).tolist() == [6, 7]
 
 
-def test_two_views_of_one_clip_differ():
-    clip = np.random.default_rng(0).integers(0, 256, size=(2, 24, 40, 3), dtype=np.uint8)
-    augment = ClipAugment(_strong(), 8)
-    rng = np.random.default_rng(3)
-    assert not torch.equal(augment(clip, rng), augment(clip, rng))
+def test_workers_send_jpeg_bytes_when_the_device_decodes(halves):
+    """decode="device": the same sample but the frames' JPEGs; decoded on the device they are the workers'
+    frames (crops: both at the native size, so exactly)."""
+    augments = (ClipAugment(_strong(), 16),) * 2
+    worker, device = (SubVideoPairs(halves, augments, seed=0, decode=d) for d in ("worker", "device"))
+    keys = [(0, i) for i in (0, 5, 19)]
+    batch = collate_samples([device[k] for k in keys])
+    assert "clip" not in batch and batch["jpeg_lengths"].shape == (3, 2)
+    frames = batch_frames(batch, torch.device("cpu"))
+    want = collate_samples([worker[k] for k in keys])
+    assert torch.equal(frames, want["clip"].movedim(-1, -3))
+    assert _same_sample(batch["augment_view1"], want["augment_view1"])
+    short = FrameStore(halves, decode="device").clip(3, 0, 16)  # a half of 12 frames: the last one repeats
+    decoded = batch_frames(collate_samples([short]), torch.device("cpu"))[0]
+    assert _level(decoded.movedim(-3, -1)).tolist() == list(range(12)) + [11] * 4
+    with pytest.raises(InputError, match="decode"):
+        FrameStore(halves, decode="gpu")
 
 
 def test_subvideos_per_half_are_drawn_afresh_every_epoch(halves):

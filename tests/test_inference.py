@@ -19,16 +19,10 @@ from comedian.data.targets import token_times_s
 from comedian.errors import InputError
 from packed_frames import write_packed
 from comedian.inference import ensemble, predict
-from comedian.inference.windows import (
-    INPUT_MEAN,
-    INPUT_STD,
-    frames_to_input,
-    score_halves,
-    sliding_window_scores,
-    window_plan,
-)
+from comedian.inference.windows import score_halves, sliding_window_scores, window_plan
 from comedian.models import build_model, make_checkpoint, save_checkpoint
 from comedian.postprocess import read_raw_scores
+from comedian.preprocess import INPUT_MEAN, INPUT_STD, frames_to_input
 
 FPS = 2.0
 CLASSES = ["Goal", "Corner", "Foul"]

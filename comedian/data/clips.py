@@ -17,10 +17,12 @@ before: a run is reproducible and a resumed run sees exactly the samples of an u
 workers' global RNGs are seeded as well (:func:`seed_worker`).
 
 Frames are read with :class:`~comedian.data.frames.PackedFrames`, one instance per half, opened lazily in
-each worker process (HDF5 handles are never shared across a fork). A clip is uint8 (T, H, W, 3) when read
-and still uint8 (T, S, S, 3) when returned, augmented and resized: 4x less data between processes and to
-the GPU; the training step normalises it on its device with
-:func:`comedian.inference.windows.frames_to_input`, the one conversion shared with inference.
+each worker process (HDF5 handles are never shared across a fork). Workers only read and decode: a sample
+holds its frames as uint8 (T, H, W, 3) at the size augmentation needs (:func:`decode_size`), or only their
+JPEG bytes when the training device decodes them (``decode="device"``), and its augmentation *parameters*
+(:meth:`ClipAugment.draw`, from the sample's key). The training step augments and normalises the whole
+batch on its device (:mod:`comedian.preprocess`, the module inference shares), so the loader's CPU cost is
+that of reading and decoding.
 
 Geometry: the model sees a square S x S frame. Without cropping, the whole native frame (398 x 224 for
 SoccerNet) is resized to S x S (aspect ratio not kept), as at inference. A random resized crop is drawn in
@@ -41,16 +43,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from comedian.data.frames import PackedFrames
 from comedian.data.soccernet import HALVES, game_slug
 from comedian.errors import InputError
+from comedian.preprocess import JITTER_OPS
 
 __all__ = [
     "HalfVideo", "list_halves", "frames_path", "sample_rng", "seed_worker",
     "subvideo_starts", "sample_windows", "EpochSampler", "AugmentSpec", "ClipAugment", "SubVideoPairs",
-    "WindowClips", "read_clip", "FrameStore", "decode_size",
+    "WindowClips", "read_clip", "FrameStore", "decode_size", "collate_samples", "DECODE_PLACES",
 ]
 
 #: Streams of :func:`sample_rng`, so that the draws of different purposes never share a generator
@@ -351,13 +354,26 @@ class ClipParams:
     blur_sigma: float = 0.0  # pixels at the output side; 0 = none
     solarize: bool = False
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The parameters as tensors (:data:`comedian.preprocess.PARAM_KEYS`), for the DataLoader to collate
+        and the training step to apply (:func:`comedian.preprocess.augment`)."""
+        ops = torch.full((len(JITTER_OPS),), -1, dtype=torch.int64)
+        factors = torch.zeros(len(JITTER_OPS), dtype=torch.float64)
+        for slot, (op, factor) in enumerate(self.jitter):
+            ops[slot], factors[slot] = JITTER_OPS.index(op), factor
+        return {
+            "crop": torch.tensor(self.crop, dtype=torch.float64), "flip": torch.tensor(self.flip),
+            "jitter_op": ops, "jitter_factor": factors, "grayscale": torch.tensor(self.grayscale),
+            "blur_sigma": torch.tensor(self.blur_sigma, dtype=torch.float64), "solarize": torch.tensor(self.solarize),
+        }
+
 
 class ClipAugment:
     """Clip-consistent augmentation: ONE draw of parameters per clip, applied to all its frames.
 
-    ``augment(frames, rng)`` takes uint8 (T, H, W, 3) frames (any native size) and returns uint8
-    (T, size, size, 3). Order: crop + resize, flip, colour jitter, grayscale, blur, solarise (as the
-    authors' pipelines); normalisation is left to the training step.
+    ``draw(rng)`` draws a clip's :class:`ClipParams`; the training step applies them on its device to the
+    whole batch (:func:`comedian.preprocess.augment`): crop + resize to ``size x size``, flip, colour
+    jitter, grayscale, blur, solarise (as the authors' pipelines), then normalisation.
     """
 
     def __init__(self, spec: AugmentSpec, size: int) -> None:
@@ -399,32 +415,6 @@ class ClipAugment:
                 return float(rng.uniform(0, 1 - h)), float(rng.uniform(0, 1 - w)), h, w
         return 0.0, 0.0, 1.0, 1.0
 
-    def apply(self, frames: np.ndarray, p: ClipParams) -> torch.Tensor:
-        """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3) with the parameters ``p``."""
-        from torchvision.transforms.v2 import functional as F
-
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
-        height, width = x.shape[-2:]
-        top, left, h, w = p.crop
-        box = (round(top * height), round(left * width), max(1, round(h * height)), max(1, round(w * width)))
-        if box != (0, 0, height, width) or (height, width) != (self.size, self.size):
-            x = F.resized_crop(x, *box, [self.size, self.size], antialias=True)
-        if p.flip:
-            x = F.horizontal_flip(x)
-        for op, factor in p.jitter:
-            x = getattr(F, f"adjust_{op}")(x, factor)
-        if p.grayscale:
-            x = F.rgb_to_grayscale(x, num_output_channels=3)
-        if p.blur_sigma > 0:
-            kernel = 2 * math.ceil(3 * p.blur_sigma) + 1
-            x = F.gaussian_blur(x, [kernel, kernel], [p.blur_sigma, p.blur_sigma])
-        if p.solarize:
-            x = F.solarize(x, 128)
-        return x.permute(0, 2, 3, 1).contiguous()
-
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        return self.apply(frames, self.draw(rng))
-
 
 # --------------------------------------------------------------------------------------------------
 # Reading
@@ -458,9 +448,19 @@ def read_clip(frames: PackedFrames, start: int, count: int, size: tuple[int, int
     return clip
 
 
+#: Where a clip's JPEGs are decoded: in the loader's workers (``worker``), or on the training device
+#: (``device``: the workers only read the bytes; :func:`comedian.preprocess.decode_batch`).
+DECODE_PLACES: tuple[str, ...] = ("worker", "device")
+
+
 class FrameStore:
-    """Decoded frames of the halves: one :class:`PackedFrames` per half, opened on first use in the process
-    that reads, and an optional in-memory cache of decoded frames.
+    """Frames of the halves: one :class:`PackedFrames` per half, opened on first use in the process that
+    reads, and an optional in-memory cache of decoded frames.
+
+    ``clip(index, start, count, size)`` is what a sample holds of its frames: ``{"clip": uint8 (T, H, W, 3)}``
+    decoded here (``decode="worker"``), or ``{"jpeg": uint8 (bytes,), "jpeg_lengths": int64 (T,)}``, the
+    frames' JPEGs back to back for the training device to decode (``decode="device"``; see
+    :func:`collate_samples`).
 
     The cache keeps every frame it decodes, at the size it was asked for, until ``cache_mb`` megabytes are
     used (then it only serves what it holds): on a data set that fits (the demo), every epoch after the
@@ -468,12 +468,16 @@ class FrameStore:
 
     Args:
         halves: the halves, indexed like the samplers' half indices.
-        cache_mb: cache budget in MB per process; 0 = no cache.
+        cache_mb: cache budget in MB per process; 0 = no cache (JPEG bytes are never cached).
+        decode: one of :data:`DECODE_PLACES`.
     """
 
-    def __init__(self, halves: Sequence[HalfVideo], cache_mb: float = 0.0) -> None:
+    def __init__(self, halves: Sequence[HalfVideo], cache_mb: float = 0.0, decode: str = "worker") -> None:
+        if decode not in DECODE_PLACES:
+            raise InputError(f"decode: {decode!r} is not one of {list(DECODE_PLACES)}")
         self.halves = list(halves)
         self.cache_bytes = int(cache_mb * 2**20)
+        self.decode = decode
         self._open: dict[int, PackedFrames] = {}
         self._cache: dict[tuple[int, int, tuple[int, int] | None], np.ndarray] = {}
         self._used = 0
@@ -485,6 +489,19 @@ class FrameStore:
         if index not in self._open:
             self._open[index] = PackedFrames(self.halves[index].path)
         return self._open[index]
+
+    def clip(self, index: int, start: int, count: int, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Frames ``start .. start + count - 1`` of half ``index`` as a sample holds them (see the class
+        docstring); ``size`` = the decoding size (``decode="worker"`` only). Frames past the end of the half
+        repeat its last frame."""
+        if self.decode == "worker":
+            return {"clip": torch.from_numpy(self.read(index, start, count, size))}
+        frames = self.file(index)
+        available = min(count, frames.count - start)
+        jpegs = frames.read_jpegs(start, available)
+        jpegs += [jpegs[-1]] * (count - available)
+        return {"jpeg": torch.from_numpy(np.concatenate(jpegs)),
+                "jpeg_lengths": torch.tensor([j.size for j in jpegs], dtype=torch.int64)}
 
     def read(self, index: int, start: int, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """uint8 (count, H, W, 3): frames ``start ..`` of half ``index``, as :func:`read_clip`."""
@@ -506,6 +523,16 @@ class FrameStore:
         return clip
 
 
+def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The DataLoader's ``collate_fn``: ``default_collate``, except that the clips' JPEG bytes (``jpeg``, of
+    different lengths) are concatenated in sample order; ``jpeg_lengths`` (B, T) says where each lies."""
+    if "jpeg" not in samples[0]:
+        return default_collate(list(samples))
+    batch = default_collate([{k: v for k, v in s.items() if k != "jpeg"} for s in samples])
+    batch["jpeg"] = torch.cat([s["jpeg"] for s in samples])
+    return batch
+
+
 # --------------------------------------------------------------------------------------------------
 # Datasets (keys come from EpochSampler)
 
@@ -514,13 +541,15 @@ class SubVideoPairs(Dataset):
     """Step 1's samples: every 1-s sub-video of the halves (or ``per_half`` of each half's, drawn afresh
     every epoch from (seed, epoch): :meth:`subvideos`), as two augmented views.
 
-    ``dataset[(epoch, index)]`` -> ``{"view1", "view2"}``: uint8 (frames, size, size, 3) each, view v
-    augmented with ``augments[v]`` (one draw per view, the same for both frames of the view).
+    ``dataset[(epoch, index)]`` -> the sub-video's frames (:meth:`FrameStore.clip`: ``clip`` uint8 (frames,
+    H, W, 3), or its JPEGs) and the two views' augmentation parameters ``augment_view1``, ``augment_view2``
+    (:meth:`ClipParams.tensors`; one draw per view, the same for both frames of the view), which the
+    training step applies (:func:`comedian.preprocess.augment`).
     """
 
     def __init__(self, halves: Sequence[HalfVideo], augments: tuple[ClipAugment, ClipAugment], seed: int,
-                 frames: int = 2, cache_mb: float = 0.0, per_half: int | None = None) -> None:
-        self.files = FrameStore(halves, cache_mb)
+                 frames: int = 2, cache_mb: float = 0.0, per_half: int | None = None, decode: str = "worker") -> None:
+        self.files = FrameStore(halves, cache_mb, decode)
         self.starts = subvideo_starts(halves, frames)
         self.augments = augments
         self.seed, self.frames = seed, frames
@@ -550,16 +579,20 @@ class SubVideoPairs(Dataset):
         half, start = self.subvideos(epoch)[index]
         crops = self.augments[0].spec.crops or self.augments[1].spec.crops
         size = decode_size(self.files.file(int(half)).size, self.augments[0].size, crops)
-        clip = self.files.read(int(half), int(start), self.frames, size)
+        item: dict[str, Any] = self.files.clip(int(half), int(start), self.frames, size)
         rng = sample_rng(self.seed, STREAM_AUGMENT, epoch, index)
-        return {"view1": self.augments[0](clip, rng), "view2": self.augments[1](clip, rng)}
+        item["augment_view1"] = self.augments[0].draw(rng).tensors()
+        item["augment_view2"] = self.augments[1].draw(rng).tensors()
+        return item
 
 
 class WindowClips(Dataset):
     """Steps 2-3's samples: windows of ``window_frames`` frames, ``per_game`` per game, redrawn every epoch
     (``sampling``: see :func:`sample_windows`).
 
-    ``dataset[(epoch, index)]`` -> a dict with ``clip`` uint8 (T, size, size, 3), ``key`` int64 (2,)
+    ``dataset[(epoch, index)]`` -> a dict with the window's frames (:meth:`FrameStore.clip`: ``clip`` uint8
+    (T, H, W, 3), or its JPEGs), ``augment`` (its augmentation parameters, :meth:`ClipParams.tensors`, which
+    the training step applies, :func:`comedian.preprocess.augment`), ``key`` int64 (2,)
     (epoch, index: the training step seeds the sample's token mask with it), ``start_s``
     (float64, time of the first frame within the half) and ``half_index`` (int64, into ``halves``), plus
     whatever ``extras(half, start_s, window_frames)`` returns (e.g. per-token targets or teacher rows),
@@ -577,12 +610,13 @@ class WindowClips(Dataset):
         sampling: str = "random",
         extras: Callable[[HalfVideo, float, int], Mapping[str, np.ndarray]] | None = None,
         cache_mb: float = 0.0,
+        decode: str = "worker",
     ) -> None:
         if window_frames % frames_per_token:
             raise InputError(f"window of {window_frames} frames is not a multiple of {frames_per_token} frames "
                              "per token")
         self.halves = list(halves)
-        self.files = FrameStore(halves, cache_mb)
+        self.files = FrameStore(halves, cache_mb, decode)
         self.window_frames, self.per_game = window_frames, per_game
         self.augment, self.seed = augment, seed
         self.tokens = window_frames // frames_per_token
@@ -606,8 +640,8 @@ class WindowClips(Dataset):
         half_index, start = (int(v) for v in self.windows(epoch)[index])
         half = self.halves[half_index]
         size = decode_size(self.files.file(half_index).size, self.augment.size, self.augment.spec.crops)
-        clip = self.files.read(half_index, start, self.window_frames, size)
-        item: dict[str, Any] = {"clip": self.augment(clip, sample_rng(self.seed, STREAM_AUGMENT, epoch, index))}
+        item: dict[str, Any] = self.files.clip(half_index, start, self.window_frames, size)
+        item["augment"] = self.augment.draw(sample_rng(self.seed, STREAM_AUGMENT, epoch, index)).tensors()
         item["key"] = torch.tensor([epoch, index], dtype=torch.int64)
         start_s = start / half.fps
         item["start_s"] = torch.tensor(start_s, dtype=torch.float64)

@@ -36,10 +36,8 @@ returned. Padded frames never produce rows of their own.
 
 Input normalisation
 -------------------
-:func:`frames_to_input` is the one conversion of uint8 RGB frames to the model's input, for
-training and inference alike: ``(x / 255 - mean) / std`` per channel with the authors' statistics
-(mean 0.45, std 0.225 on every channel: eztorch's ``transform/soccernet/normalize``), channels moved before
-height and width.
+:func:`comedian.preprocess.frames_to_input` is the one conversion of uint8 RGB frames to the model's input,
+for training and inference alike (:mod:`comedian.preprocess` holds its constants).
 """
 
 from __future__ import annotations
@@ -55,6 +53,7 @@ import numpy as np
 
 from comedian.data.targets import token_times_s
 from comedian.errors import InputError
+from comedian.preprocess import INPUT_MEAN, INPUT_STD, frames_to_input  # re-exported: inference reads them here
 
 if TYPE_CHECKING:  # torch is imported where it is used
     import torch
@@ -68,40 +67,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Per-channel (RGB) mean and standard deviation of the input normalisation, on [0, 1] pixel values
-#: (the authors': 0.45 / 0.225 on every channel, eztorch ``configs/transform/soccernet/normalize.yaml``).
-INPUT_MEAN: tuple[float, float, float] = (0.45, 0.45, 0.45)
-INPUT_STD: tuple[float, float, float] = (0.225, 0.225, 0.225)
 MERGES: tuple[str, ...] = ("max", "mean")
 #: Tolerance when converting seconds to whole tokens (so 6.0 s at 1 s per token is 6 tokens, not 7).
 _EPS = 1e-9
-
-
-def frames_to_input(frames: Any, device: Any = None, dtype: Any = None) -> torch.Tensor:
-    """uint8 RGB frames -> the model's normalised float input.
-
-    Args:
-        frames: uint8 array or tensor (..., T, H, W, 3), RGB (as :meth:`PackedFrames.read` returns);
-            e.g. (T, H, W, 3) for one clip or (B, T, H, W, 3) for a batch.
-        device: where to put the result (the uint8 data is moved first: 4x less to copy); None =
-            where ``frames`` is (CPU for an array).
-        dtype: floating dtype of the result; default float32.
-
-    Returns:
-        float tensor (..., T, 3, H, W): ``(x / 255 - INPUT_MEAN) / INPUT_STD`` per channel.
-    """
-    import torch
-
-    x = torch.as_tensor(frames)
-    if x.dtype != torch.uint8 or x.ndim < 4 or x.shape[-1] != 3:
-        raise ValueError(f"frames_to_input: expected uint8 (..., T, H, W, 3), got {x.dtype} {tuple(x.shape)}")
-    if device is not None:
-        x = x.to(device, non_blocking=True)
-    dtype = torch.float32 if dtype is None else dtype
-    mean = torch.tensor(INPUT_MEAN, dtype=dtype, device=x.device) * 255.0
-    scale = 1.0 / (torch.tensor(INPUT_STD, dtype=dtype, device=x.device) * 255.0)
-    x = (x.to(dtype) - mean) * scale  # (..., T, H, W, 3), broadcast over the channel axis
-    return x.movedim(-1, -3).contiguous()  # (..., T, 3, H, W)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from comedian.data.clips import AugmentSpec, ClipAugment, HalfVideo, WindowClips
 from comedian.data.soccernet import read_game_list, read_game_lists, read_split_labels
 from comedian.data.targets import half_events, token_targets
 from comedian.errors import InputError
-from comedian.inference.windows import INPUT_MEAN, INPUT_STD, frames_to_input, score_halves, window_plan
+from comedian.inference.windows import INPUT_MEAN, INPUT_STD, score_halves, window_plan
 from comedian.losses.spotting import mixup, mixup_spotting_loss, spotting_loss
 from comedian.models import init_temporal_from_spatial, load_step_checkpoint, make_checkpoint, set_trunk_trainable
 from comedian.postprocess import NMS_KINDS, apply_nms, grid_step_s, window_steps
@@ -71,6 +71,7 @@ from comedian.train.loop import (
     build_step_model,
     check_init,
     config_params,
+    decode_place,
     file_identity,
     fingerprint,
     mask_tube_tokens,
@@ -207,7 +208,8 @@ def predictions_table(game: str, half: int, scores: np.ndarray, times_s: np.ndar
 class SpottingModule(StepModule):
     """The spotting model under BCE (+ mixup) and token masking, with validation; see the module docstring.
 
-    ``forward({"clip": uint8 (B, T, S, S, 3), "key": (B, 2), "targets": (B, L, C)})`` -> the loss; the
+    ``prepare`` augments and normalises the clips on the device;
+    ``forward({"clip": (B, T, 3, S, S), "key": (B, 2), "targets": (B, L, C)})`` -> the loss; the
     token mask of each clip is drawn from its key (:func:`comedian.train.loop.sample_masks`) when the whole
     model trains. ``score_key`` is the validation metric that picks the output (None with ``select: last``).
     """
@@ -218,6 +220,7 @@ class SpottingModule(StepModule):
         super().__init__()
         self.inference = inference
         self.model = model
+        self.frame_size = model.arch["config"]["size"]
         self.settings = settings
         self.score_key = SCORE_KEY if settings.select == "best_valid" else None
         self.tube_tokens = mask_tube_tokens(settings.mask_tube_frames, model.tubelet_size, "--step: mask_tube_frames")
@@ -238,7 +241,7 @@ class SpottingModule(StepModule):
             self.model.temporal.eval()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        clip, targets = frames_to_input(batch["clip"]), batch["targets"]
+        clip, targets = batch["clip"], batch["targets"]
         s = self.settings
         masking = s.mask_ratio > 0 and not self.trunk_frozen  # a frozen trunk runs in eval mode: no mask
         mask = sample_masks(batch["key"], targets.shape[1], s.mask_ratio, self.tube_tokens, self.seed) if masking else None
@@ -375,7 +378,7 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     dataset = WindowClips(halves, model_settings.frames, settings.windows_per_game, augment, args.seed,
                           model.tubelet_size, settings.sampling,
                           extras=SpotTargets(labels, len(classes), settings.radius_s, model.tubelet_size),
-                          cache_mb=settings.frame_cache_mb)
+                          cache_mb=settings.frame_cache_mb, decode=decode_place(args.decode, ctx, STEP, args.quiet))
     if settings.head_prior:
         init_head_prior(model, dataset)
     phases = tuple(p for p in (

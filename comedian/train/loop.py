@@ -72,16 +72,25 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from comedian.data.clips import STREAM_MASK, EpochSampler, sample_rng, seed_worker, torch_generator
+from comedian.data.clips import (
+    DECODE_PLACES,
+    STREAM_MASK,
+    EpochSampler,
+    collate_samples,
+    sample_rng,
+    seed_worker,
+    torch_generator,
+)
 from comedian.errors import InputError
 from comedian.models.checkpoint import save_checkpoint
+from comedian.preprocess import is_host_key, nvjpeg_available, prepare_batch
 
 __all__ = [
     "Phase", "LoopConfig", "DistContext", "StepModule", "Trainer", "TrainingDiverged", "lr_multiplier",
     "scaled_lr", "param_groups", "setup_distributed", "teardown_distributed", "seed_everything",
     "fingerprint", "resolve_device", "STATE_FORMAT", "ModelSettings", "build_step_model", "add_common_arguments",
     "settings_from", "sample_masks", "maybe_stage_run", "config_params", "parse_json_arg", "apply_threads",
-    "Prepared", "run_step", "Interrupted", "STOP_SIGNALS",
+    "Prepared", "run_step", "Interrupted", "STOP_SIGNALS", "decode_place",
 ]
 
 log = logging.getLogger(__name__)
@@ -333,9 +342,21 @@ class StepModule(nn.Module):
 
     #: name of the validation metric that selects the best checkpoint (higher is better); None = none.
     score_key: str | None = None
+    #: side of the frames the step's model takes; when set, :meth:`prepare` makes the model's input from the
+    #: batch's frames and augmentation parameters (:func:`comedian.preprocess.prepare_batch`).
+    frame_size: int | None = None
+
+    def prepare(self, batch: Mapping[str, Any], device: torch.device) -> Mapping[str, Any]:
+        """The batch's on-device preprocessing before :meth:`forward` (the steps': decode, augment and
+        normalise the frames, :func:`comedian.preprocess.prepare_batch`); called without autograd and
+        outside autocast, the batch on the device except its :data:`~comedian.preprocess.HOST_KEYS`.
+        Without :attr:`frame_size`, the batch as it is."""
+        if self.frame_size is None:
+            return batch
+        return prepare_batch(batch, device, self.frame_size)
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One batch (tensors already on the device) -> (scalar loss, extra scalar metrics to average)."""
+        """One prepared batch (:meth:`prepare`) -> (scalar loss, extra scalar metrics to average)."""
         raise NotImplementedError
 
     def start_phase(self, phase: Phase) -> None:
@@ -366,10 +387,12 @@ class StepModule(nn.Module):
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a batch moved to ``device``, except the entries of :data:`comedian.preprocess.HOST_KEYS`
+    (augmentation parameters, JPEG bytes), which the on-device preprocessing reads on the CPU."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: v if is_host_key(k) else _to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
@@ -467,6 +490,7 @@ class Trainer:
         return DataLoader(
             self.dataset, batch_size=self.local_batch, sampler=self.sampler, num_workers=workers,
             pin_memory=self.ctx.device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
+            collate_fn=collate_samples,
             worker_init_fn=seed_worker if workers > 0 else None, generator=generator,
             prefetch_factor=self.config.prefetch if workers > 0 else None,
         )
@@ -649,6 +673,8 @@ class Trainer:
             t0 = time.perf_counter()
             batch = _to_device(next(batches), self.ctx.device)
             wait += time.perf_counter() - t0
+            with torch.no_grad():
+                batch = module.prepare(batch, self.ctx.device)
             lr = self.optimizer.param_groups[0]["lr"]
             with self._autocast():
                 loss, metrics = self.wrapped(batch)
@@ -974,9 +1000,30 @@ def add_common_arguments(parser: Any) -> None:
     parser.add_argument("--init", type=Path, default=None, help="checkpoint of the previous step to start from")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per process (default 2)")
+    parser.add_argument("--decode", default="auto", choices=("auto", *DECODE_PLACES),
+                        help="where JPEGs are decoded: in the loader workers, on the training device (nvJPEG on "
+                             "CUDA; the workers only read bytes), or auto: the device on CUDA where nvJPEG works, "
+                             "else the workers (default auto)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads of each training process (0 = torch's default)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def decode_place(requested: str, ctx: DistContext, step: str, quiet: bool = False) -> str:
+    """Where the step's JPEGs are decoded (``--decode``; see :data:`~comedian.data.clips.DECODE_PLACES`):
+    ``auto`` = on the device when it is CUDA and nvJPEG decodes there, else in the workers. Rank 0 says
+    which path runs."""
+    if requested not in ("auto", *DECODE_PLACES):
+        raise InputError(f"--decode: {requested!r} is not one of auto, {', '.join(DECODE_PLACES)}")
+    nvjpeg = nvjpeg_available(ctx.device)
+    place = ("device" if nvjpeg else "worker") if requested == "auto" else requested
+    if place == "device" and ctx.device.type == "cuda" and not nvjpeg:
+        raise InputError(f"--decode device: torchvision cannot decode JPEGs on {ctx.device} (no nvJPEG)")
+    if ctx.is_main and not quiet:
+        where = (f"on {ctx.device} ({'nvJPEG' if ctx.device.type == 'cuda' else 'libjpeg-turbo'}), the loader "
+                 "workers read bytes only" if place == "device" else "in the loader workers (libjpeg-turbo)")
+        print(f"{step}: JPEG decoding {where}; augmentation on {ctx.device}")
+    return place
 
 
 def apply_threads(threads: int) -> None:

@@ -33,7 +33,6 @@ from torch import nn
 from comedian.data.clips import AugmentSpec, ClipAugment, SubVideoPairs, list_halves
 from comedian.data.soccernet import read_game_lists
 from comedian.errors import InputError
-from comedian.inference.windows import frames_to_input
 from comedian.losses.moco import FeatureQueue, all_gather, moco_loss
 from comedian.models import make_checkpoint, predictor, projector
 from comedian.train.ema import ema_momentum, ema_update
@@ -47,6 +46,7 @@ from comedian.train.loop import (
     add_common_arguments,
     build_step_model,
     config_params,
+    decode_place,
     fingerprint,
     maybe_compile,
     parse_json_arg,
@@ -129,13 +129,15 @@ def view_augments(config: dict[str, Any] | None, size: int) -> tuple[ClipAugment
 class MoCoModule(StepModule):
     """Online spatial transformer + projector + predictor, EMA target, queue; see the module docstring.
 
-    ``forward({"view1", "view2"})``: each uint8 (N, 2, S, S, 3) -> the MoCo loss. Only ``model.spatial``, the
+    ``prepare`` augments the sub-videos' frames twice on the device (``augment_view1``, ``augment_view2``);
+    ``forward({"view1", "view2"})``: each normalised (N, 2, 3, S, S) -> the MoCo loss. Only ``model.spatial``, the
     projector and the predictor train; the model's temporal transformer and head stay frozen and unused.
     """
 
     def __init__(self, model: Any, settings: SpatialSettings) -> None:
         super().__init__()
         self.model = model
+        self.frame_size = model.arch["config"]["size"]
         self.settings = settings
         self.projector = projector(model.dim, settings.proj_dim, settings.proj_hidden)
         self.predictor = predictor(settings.proj_dim, settings.pred_hidden)
@@ -155,7 +157,7 @@ class MoCoModule(StepModule):
             self.target.eval()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        views = frames_to_input(torch.cat([batch["view1"], batch["view2"]]))  # (2N, 2, 3, S, S) float
+        views = torch.cat([batch["view1"], batch["view2"]])  # (2N, 2, 3, S, S) float
         n = batch["view1"].shape[0]
         online = self.predictor(self.projector(self.model.spatial(views)[:, 0]))  # (2N, P)
         with torch.no_grad():
@@ -208,7 +210,8 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     size = model.arch["config"]["size"]
     halves = list_halves(args.frames_dir, games)
     dataset = SubVideoPairs(halves, view_augments(settings.augment, size), args.seed, model.tubelet_size,
-                            settings.frame_cache_mb, settings.subvideos_per_half)
+                            settings.frame_cache_mb, settings.subvideos_per_half,
+                            decode=decode_place(args.decode, ctx, STEP, args.quiet))
     loop = LoopConfig(
         step=STEP,
         phases=(Phase("train", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio,

@@ -42,7 +42,6 @@ from comedian.data.clips import AugmentSpec, ClipAugment, HalfVideo, WindowClips
 from comedian.data.soccernet import game_slug, read_game_lists
 from comedian.data.targets import bank_rows
 from comedian.errors import InputError
-from comedian.inference.windows import frames_to_input
 from comedian.losses.moco import FeatureQueue, all_gather
 from comedian.losses.sce import sce_loss
 from comedian.models import init_temporal_from_spatial, load_step_checkpoint, make_checkpoint, projector
@@ -57,6 +56,7 @@ from comedian.train.loop import (
     build_step_model,
     check_init,
     config_params,
+    decode_place,
     file_identity,
     fingerprint,
     mask_tube_tokens,
@@ -188,7 +188,8 @@ class TeacherBank:
 class SCEModule(StepModule):
     """Spotting model trunk + projector + queue of teacher rows; see the module docstring.
 
-    ``forward({"clip": uint8 (B, T, S, S, 3), "key": (B, 2), "teacher": (B, L, K)})`` -> SCE loss; the
+    ``prepare`` augments and normalises the clips on the device;
+    ``forward({"clip": (B, T, 3, S, S), "key": (B, 2), "teacher": (B, L, K)})`` -> SCE loss; the
     token mask of each clip is drawn from its key (:func:`comedian.train.loop.sample_masks`).
     The classifier head is frozen and unused; so is the mask token when ``mask_ratio`` is 0.
     """
@@ -196,6 +197,7 @@ class SCEModule(StepModule):
     def __init__(self, model: Any, settings: TemporalSettings, bank_dim: int, seed: int = 0) -> None:
         super().__init__()
         self.model = model
+        self.frame_size = model.arch["config"]["size"]
         self.settings = settings
         self.seed = seed
         self.projector = projector(model.dim, bank_dim, settings.proj_hidden)
@@ -213,7 +215,7 @@ class SCEModule(StepModule):
         teacher = batch["teacher"]
         mask = (sample_masks(batch["key"], teacher.shape[1], s.mask_ratio, self.tube_tokens, self.seed)
                 if s.mask_ratio > 0 else None)
-        z = self.projector(self.model.temporal_tokens(frames_to_input(batch["clip"]), mask))  # (B, L, K)
+        z = self.projector(self.model.temporal_tokens(batch["clip"], mask))  # (B, L, K)
         loss = sce_loss(z, teacher, self.queue.features, s.lam, s.temperature, s.temperature_m, s.negatives)
         self._keys = teacher.reshape(-1, teacher.shape[-1]).detach()
         with torch.no_grad():
@@ -266,7 +268,8 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     size = model.arch["config"]["size"]
     augment = ClipAugment(AugmentSpec.from_config({**DEFAULT_AUGMENT, **dict(settings.augment or {})}), size)
     dataset = WindowClips(halves, model_settings.frames, settings.windows_per_game, augment, args.seed,
-                          model.tubelet_size, settings.sampling, extras=bank, cache_mb=settings.frame_cache_mb)
+                          model.tubelet_size, settings.sampling, extras=bank, cache_mb=settings.frame_cache_mb,
+                          decode=decode_place(args.decode, ctx, STEP, args.quiet))
     loop = LoopConfig(
         step=STEP,
         phases=(Phase("train", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio,
