@@ -107,6 +107,31 @@ def test_mask_replaces_exactly_the_chosen_tokens():
         assert torch.equal(model(clip, torch.zeros_like(mask)), model(clip))
 
 
+@pytest.mark.parametrize("arch", ["vivit_demo", "viswin_demo"])
+def test_masked_tubelets_are_not_computed_and_the_output_is_unchanged(arch):
+    """Dropping masked tubelets before the spatial transformer = computing them and replacing their tokens
+    (the forward and the gradients), for masks of any shape, with fewer spatial inputs."""
+    model = build_model(arch, frames=8, size=64, classes=3, drop_path=0.0)
+    torch.nn.init.normal_(model.temporal.mask_token)
+    clip = _clip(3, 8, 64, seed=1)
+    mask = torch.tensor([[False, True, True, False], [True, False, False, False], [False] * 4])  # 3, 1, 0 masked
+    seen = []
+    hook = model.spatial.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0] * args[0].shape[1]))
+    out = model(clip, mask)
+    hook.remove()
+    assert seen == [2 * int((~mask).sum())]  # only the kept tubelets' frames entered the spatial transformer
+    old = model.head(model.temporal(model.spatial(clip), mask))  # compute every tubelet, then replace
+    torch.testing.assert_close(out, old, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), list(model.spatial.parameters()) + [model.temporal.mask_token])
+    want = torch.autograd.grad(old.square().sum(), list(model.spatial.parameters()) + [model.temporal.mask_token])
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    everything = torch.ones_like(mask)
+    with torch.no_grad():
+        assert torch.allclose(model(clip, everything), model.head(model.temporal(model.spatial(clip), everything)),
+                              atol=1e-6)
+
+
 def test_train_mode_does_not_mask():
     model = build_model("vivit_demo", frames=8, drop_path=0.0)
     torch.nn.init.normal_(model.temporal.mask_token)

@@ -75,13 +75,33 @@ class SpottingTransformer(nn.Module):
         self.tubelet_size = spatial.tubelet_size
         self.num_tokens = temporal.num_tokens
 
-    def spatial_tokens(self, clip: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) -> (B, T / Ts, D): the spatial transformer's token per tubelet."""
-        return self.spatial(clip)
+    def spatial_tokens(self, clip: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, 3, H, W) [+ (B, T / Ts) bool mask, True = masked] -> (B, T / Ts, D): the spatial
+        transformer's token per tubelet.
+
+        Masked tubelets are never computed: only the kept ones enter the spatial transformer (as one-tubelet
+        clips, so a compiled transformer stays the one that runs), as the authors' ``ViViT.forward`` drops
+        them; their rows are zeros, for the temporal transformer to replace by its mask token. Any mask
+        works (clips may mask different numbers of tokens).
+        """
+        if mask is None:
+            return self.spatial(clip)
+        b, t = clip.shape[:2]
+        length = t // self.tubelet_size
+        if mask.shape != (b, length) or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be bool of shape {(b, length)}, got {mask.dtype} {tuple(mask.shape)}")
+        kept = (~mask).reshape(-1).nonzero().squeeze(1)
+        if kept.numel() == 0:
+            return clip.new_zeros(b, length, self.dim)
+        tubelets = clip.reshape(b * length, self.tubelet_size, *clip.shape[2:]).index_select(0, kept)
+        tokens = self.spatial(tubelets)[:, 0]  # (kept, D)
+        rows = tokens.new_zeros(b * length, tokens.shape[-1]).index_copy(0, kept, tokens)
+        return rows.view(b, length, -1)
 
     def temporal_tokens(self, clip: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, 3, H, W) [+ (B, T / Ts) bool mask, True = replaced by the mask token] -> (B, T / Ts, D)."""
-        return self.temporal(self.spatial(clip), mask)
+        """(B, T, 3, H, W) [+ (B, T / Ts) bool mask, True = replaced by the mask token] -> (B, T / Ts, D).
+        Masked tubelets skip the spatial transformer (:meth:`spatial_tokens`)."""
+        return self.temporal(self.spatial_tokens(clip, mask), mask)
 
     def classify(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, D) temporal tokens -> (B, L, C) logits."""
