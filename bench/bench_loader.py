@@ -7,14 +7,18 @@ probability 1), on packed frames made the way ``comedian extract`` makes them (a
 H.264 video extracted at 2 fps, MJPEG q:v 3):
 
 - ``loader_cpu_ms_per_clip``: CPU time of one loader worker building one sample (``dataset[key]``: HDF5
-  read, JPEG decode, whatever else the worker does), one thread;
+  read, JPEG decode at the size augmentation needs, drawing the augmentation parameters), one thread;
 - ``decode_floor_ms_per_clip``: CPU time of decoding the same frames' JPEGs alone (``torchvision.io.
   decode_jpeg``, bytes already in memory, native size, no resize);
 - ``ratio``: the two, measured interleaved clip by clip (goal <= 1.3);
 - ``device_augment_ms_per_clip``: what the training step does on its device per clip before the model
-  (wall time per clip over a batch, synchronised), on ``device``.
+  (:func:`comedian.preprocess.prepare_batch`: [decode,] augment, normalise; wall time per clip over a batch,
+  synchronised), on ``device``.
 
-Usage: ``python bench/bench_loader.py [--json] [--clips 12] [--device cpu]``.
+The loader is set up as the training steps set it up for CUDA training (``--loader-for cuda``: the workers
+decode at the native size, the device resizes; ``cpu``: the workers also resize, see
+:func:`comedian.data.clips.decode_size`). With ``--decode device`` the workers only read JPEG bytes and the
+device part decodes them too (nvJPEG on CUDA). Usage: ``python bench/bench_loader.py [--json] [--clips 12] [--device cpu] [--decode worker]``.
 """
 
 from __future__ import annotations
@@ -31,10 +35,19 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from comedian.data.clips import ClipAugment, AugmentSpec, SubVideoPairs, WindowClips, frames_path, list_halves
+from comedian.data.clips import (
+    AugmentSpec,
+    ClipAugment,
+    SubVideoPairs,
+    WindowClips,
+    collate_samples,
+    frames_path,
+    list_halves,
+)
 from comedian.data.frames import PackedFrames, extract_frames, ffmpeg_binary
-from comedian.inference.windows import frames_to_input
+from comedian.preprocess import prepare_batch
 from comedian.train import finetune, pretrain_spatial, pretrain_temporal
+from comedian.train.loop import _to_device
 
 GAME = "bench/2024-2025/2024-08-01 - 18-00 Home 1 - 0 Away"
 SIZE = 224
@@ -71,16 +84,19 @@ def all_on(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def datasets(frames_dir: Path) -> dict[str, Any]:
+def datasets(frames_dir: Path, decode: str, worker_resize: bool) -> dict[str, Any]:
     """The three steps' datasets at the paper's settings, every augmentation on."""
     halves = list_halves(frames_dir, [GAME])
     views = pretrain_spatial.view_augments(all_on(pretrain_spatial.DEFAULT_AUGMENT), SIZE)
     temporal = ClipAugment(AugmentSpec.from_config(all_on(pretrain_temporal.DEFAULT_AUGMENT)), SIZE)
     tune = ClipAugment(AugmentSpec.from_config(all_on(finetune.DEFAULT_AUGMENT)), SIZE)
     return {
-        "pretrain_spatial": SubVideoPairs(halves, views, seed=0, frames=2),
-        "pretrain_temporal": WindowClips(halves, WINDOW_FRAMES, 64, temporal, seed=0, sampling="random"),
-        "finetune": WindowClips(halves, WINDOW_FRAMES, 64, tune, seed=0, sampling="uniform"),
+        "pretrain_spatial": SubVideoPairs(halves, views, seed=0, frames=2, decode=decode,
+                                          worker_resize=worker_resize),
+        "pretrain_temporal": WindowClips(halves, WINDOW_FRAMES, 64, temporal, seed=0, sampling="random",
+                                         decode=decode, worker_resize=worker_resize),
+        "finetune": WindowClips(halves, WINDOW_FRAMES, 64, tune, seed=0, sampling="uniform", decode=decode,
+                                worker_resize=worker_resize),
     }
 
 
@@ -103,19 +119,15 @@ def device_part(batch: dict[str, Any], device: torch.device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    moved = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    moved = _to_device(batch, device)
     sync()
     t0 = time.perf_counter()
-    if "view1" in moved:
-        frames_to_input(torch.cat([moved["view1"], moved["view2"]]))
-    else:
-        frames_to_input(moved["clip"])
+    prepare_batch(moved, device, SIZE)
     sync()
     return time.perf_counter() - t0
 
 
-def measure(name: str, dataset: Any, files: list[PackedFrames], clips: int, device: torch.device,
-            batch: int) -> dict[str, Any]:
+def measure(dataset: Any, files: list[PackedFrames], clips: int, device: torch.device, batch: int) -> dict[str, Any]:
     keys = [(0, i) for i in np.random.default_rng(1).permutation(len(dataset))[:clips]]
     dataset[keys[0]]  # warm-up: imports, file handles
     loader = floor = 0.0
@@ -131,7 +143,7 @@ def measure(name: str, dataset: Any, files: list[PackedFrames], clips: int, devi
         floor += t1 - t0
         loader += t2 - t1
         samples.append(sample)
-    collated = torch.utils.data.default_collate(samples[:batch])
+    collated = collate_samples(samples[:batch])
     device_part(collated, device)  # warm-up
     seconds = min(device_part(collated, device) for _ in range(3))
     return {
@@ -150,18 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="clips per batch for the device part")
     parser.add_argument("--device", default="cpu", help="device of the training step's part (default cpu)")
     parser.add_argument("--seconds", type=float, default=120.0, help="seconds of synthetic video (default 120)")
+    parser.add_argument("--decode", default="worker", choices=("worker", "device"),
+                        help="where JPEGs are decoded (default worker)")
+    parser.add_argument("--loader-for", default="cuda", choices=("cuda", "cpu"),
+                        help="the loader as the training steps set it up for this training device: for cuda "
+                             "(default, the paper's) the device resizes, for cpu the workers resize")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device(args.device)
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         frames_dir = make_frames(Path(tmp), args.seconds)
-        data = datasets(frames_dir)
+        data = datasets(frames_dir, args.decode, worker_resize=args.loader_for == "cpu")
         files = [PackedFrames(h.path) for h in data["finetune"].halves]
         mean_bytes = float(np.diff(files[0].offsets).mean())
         for name, dataset in data.items():
             clips = 8 * args.clips if name == "pretrain_spatial" else args.clips
-            out[name] = measure(name, dataset, files, clips, device, 8 * args.batch if name == "pretrain_spatial"
+            out[name] = measure(dataset, files, clips, device, 8 * args.batch if name == "pretrain_spatial"
                                 else args.batch)
             if not args.json:
                 r = out[name]

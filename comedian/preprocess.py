@@ -153,13 +153,13 @@ def decode_batch(jpeg: torch.Tensor, lengths: torch.Tensor, device: torch.device
     return _decode(jpeg.cpu(), lengths.tolist(), device)
 
 
-def batch_frames(batch: Mapping[str, torch.Tensor], device: torch.device, key: str = "clip") -> torch.Tensor:
-    """A batch's frames as uint8 (B, T, 3, H, W) on ``device``: ``batch[key]`` (uint8 (B, T, H, W, 3), decoded
-    by the loader's workers) or, when the workers sent JPEG bytes (``jpeg``, ``jpeg_lengths``), decoded on
-    ``device`` by :func:`decode_batch`."""
+def batch_frames(batch: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """A batch's frames as uint8 (B, T, 3, H, W) on ``device``: ``batch["clip"]`` (decoded by the loader's
+    workers) or, when the workers sent JPEG bytes (``jpeg``, ``jpeg_lengths``), decoded on ``device`` by
+    :func:`decode_batch`."""
     if "jpeg" in batch:
         return decode_batch(batch["jpeg"], batch["jpeg_lengths"], device)
-    return to_channels_first(batch[key].to(device, non_blocking=True))
+    return batch["clip"].to(device, non_blocking=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,19 +223,23 @@ def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_rgb_to_hsv`."""
+    """Inverse of :func:`_rgb_to_hsv` (torchvision's formulas; each channel picks one of v, p, q, t by the
+    hue's sector, with selections rather than torchvision's int64 gather, which needs 24 bytes per pixel)."""
     h, s, v = hsv.unbind(dim=-3)
     h6 = h.mul(6)
     sector = torch.floor(h6)
-    frac = h6 - sector
-    sector = sector.to(torch.int64).remainder_(6)
-    q = (1.0 - s * frac).mul_(v).clamp_(0.0, 1.0)
-    t = (s * frac + (1.0 - s)).mul_(v).clamp_(0.0, 1.0)
+    frac = h6.sub_(sector)
+    sector = sector.remainder_(6)
+    sxf = s * frac
+    q = (1.0 - sxf).mul_(v).clamp_(0.0, 1.0)
+    t = sxf.add_(1.0 - s).mul_(v).clamp_(0.0, 1.0)
     p = (1.0 - s).mul_(v).clamp_(0.0, 1.0)
-    vpqt = torch.stack((v, p, q, t), dim=-3)
-    # which of v, p, q, t each of r, g, b is, per sector 0..5
-    table = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=hsv.device)
-    return vpqt.gather(-3, table[:, sector].movedim(0, -3))
+    is_k = [sector == k for k in range(6)]
+    # sectors 0..5: r = v q p p t v, g = t v v q p p, b = p p t v v q
+    r = torch.where(is_k[0] | is_k[5], v, torch.where(is_k[1], q, torch.where(is_k[4], t, p)))
+    g = torch.where(is_k[1] | is_k[2], v, torch.where(is_k[0], t, torch.where(is_k[3], q, p)))
+    b = torch.where(is_k[3] | is_k[4], v, torch.where(is_k[2], t, torch.where(is_k[5], q, p)))
+    return torch.stack((r, g, b), dim=-3)
 
 
 def hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,8 @@ def test_frame_store_reads_ranges_and_pads_short_halves(halves, cache_mb):
 
 def test_decode_size_keeps_enough_pixels_for_crops():
     assert decode_size((224, 398), 64, crops=False) == (64, 64)
+    assert decode_size((224, 398), 224, crops=False, resize=False) is None  # the GPU resizes
+    assert decode_size((224, 398), 32, crops=False, resize=False) == (128, 128)
     assert decode_size((224, 398), 224, crops=True) is None  # SoccerNet: native frames
     assert decode_size((224, 398), 32, crops=True) == (128, 128)
     assert decode_size((224, 398), 64, crops=True) == (224, 256)
@@ -265,7 +267,7 @@ def test_window_clips_deliver_frames_labels_and_keys(halves):
     for index in range(len(data)):
         item = data[(0, index)]
         half, start = windows[index]
-        assert item["clip"].shape == (16, 8, 8, 3)
+        assert item["clip"].shape == (16, 3, 8, 8)
         expected = [min(start + j, halves[half].count - 1) for j in range(16)]
         assert _level(item["clip"]).tolist() == expected
         assert item["key"].tolist() == [0, index]
@@ -313,14 +315,14 @@ def test_subvideo_pairs_are_reproducible_views_of_one_second(halves):
     augments = (ClipAugment(_strong(blur_p=1.0, solarize_p=0.0), 8), ClipAugment(_strong(blur_p=0.1), 8))
     data = SubVideoPairs(halves, augments, seed=0)
     item = data[(0, 3)]  # half 0, frames 6 and 7, at most 4 x 8 px per side (crops)
-    assert item["clip"].shape == (2, 24, 32, 3) and _level(item["clip"]).tolist() == [6, 7]
+    assert item["clip"].shape == (2, 3, 24, 32) and _level(item["clip"]).tolist() == [6, 7]
     assert set(item) == {"clip", "augment_view1", "augment_view2"}
     assert _same_sample(item, SubVideoPairs(halves, augments, seed=0)[(0, 3)])
     other_epoch = data[(1, 3)]
     assert not torch.equal(item["augment_view1"]["crop"], other_epoch["augment_view1"]["crop"])
     assert not torch.equal(item["augment_view1"]["crop"], item["augment_view2"]["crop"])  # two views differ
     plain = SubVideoPairs(halves, (ClipAugment(AugmentSpec(), 8),) * 2, seed=0)[(0, 3)]
-    assert plain["clip"].shape == (2, 8, 8, 3) and _level(plain["clip"]).tolist() == [6, 7]
+    assert plain["clip"].shape == (2, 3, 8, 8) and _level(plain["clip"]).tolist() == [6, 7]
 
 
 def test_workers_send_jpeg_bytes_when_the_device_decodes(halves):
@@ -333,11 +335,11 @@ def test_workers_send_jpeg_bytes_when_the_device_decodes(halves):
     assert "clip" not in batch and batch["jpeg_lengths"].shape == (3, 2)
     frames = batch_frames(batch, torch.device("cpu"))
     want = collate_samples([worker[k] for k in keys])
-    assert torch.equal(frames, want["clip"].movedim(-1, -3))
+    assert torch.equal(frames, want["clip"])
     assert _same_sample(batch["augment_view1"], want["augment_view1"])
     short = FrameStore(halves, decode="device").clip(3, 0, 16)  # a half of 12 frames: the last one repeats
     decoded = batch_frames(collate_samples([short]), torch.device("cpu"))[0]
-    assert _level(decoded.movedim(-3, -1)).tolist() == list(range(12)) + [11] * 4
+    assert _level(decoded).tolist() == list(range(12)) + [11] * 4
     with pytest.raises(InputError, match="decode"):
         FrameStore(halves, decode="gpu")
 

@@ -179,7 +179,7 @@ def test_clips_are_augmented_independently_and_frames_alike():
 def test_prepare_batch_augments_each_view_and_normalises():
     frames = natural_clips(2, 2, 20, 30)
     views = [[ClipParams(), ClipParams(flip=True)], [ClipParams(grayscale=True), ClipParams(solarize=True)]]
-    batch = {"clip": frames.movedim(-3, -1), "augment_view1": batch_params(views[0]),
+    batch = {"clip": frames, "augment_view1": batch_params(views[0]),
              "augment_view2": batch_params(views[1]), "key": torch.zeros(2, 2)}
     out = P.prepare_batch(batch, torch.device("cpu"), SIZE)
     assert set(out) == {"view1", "view2", "key"}

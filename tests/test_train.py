@@ -23,6 +23,7 @@ from comedian.errors import InputError
 from comedian.models import build_model, make_checkpoint, read_checkpoint, save_checkpoint
 from comedian.train import finetune, pretrain_spatial, pretrain_temporal
 from comedian.train.loop import (
+    DistContext,
     Interrupted,
     LoopConfig,
     Phase,
@@ -30,6 +31,7 @@ from comedian.train.loop import (
     Trainer,
     TrainingDiverged,
     fingerprint,
+    frame_loading,
     lr_multiplier,
     mask_tube_tokens,
     param_groups,
@@ -436,6 +438,21 @@ def test_finetune_from_step_one_copies_the_spatial_blocks(data, tmp_path):
     out = _weights(tmp_path / "out.pt")
     source = spatial.state_dict()["spatial.blocks.0.attn.qkv.weight"]
     torch.testing.assert_close(out["temporal.blocks.0.attn.qkv.weight"], source, atol=1e-6, rtol=0)
+
+
+def test_jpeg_decoding_on_the_device_trains_like_decoding_in_the_workers(data, tmp_path, capsys):
+    """--decode device (the workers read bytes, the step decodes on its device: CPU here, nvJPEG on CUDA) gives
+    the weights of --decode worker: step 1 crops, so both decode at the native size; the log says which runs."""
+    spatial = {"epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 0.01, "queue_size": 64, "proj_dim": 16,
+               "proj_hidden": 32, "pred_hidden": 32}
+    for place in ("worker", "device"):
+        argv = [a for a in _common(data, tmp_path / place) if a != "--quiet"]
+        assert pretrain_spatial.main(argv + ["--step", json.dumps(spatial), "--decode", place]) == 0
+    log = capsys.readouterr().out
+    assert "JPEG decoding in the loader workers" in log and "JPEG decoding on cpu (libjpeg-turbo)" in log
+    _assert_same_weights(_weights(tmp_path / "worker" / "out.pt"), _weights(tmp_path / "device" / "out.pt"))
+    # no CUDA here: the workers decode, and resize since the CPU trains
+    assert frame_loading("auto", DistContext(), "x", quiet=True) == {"decode": "worker", "worker_resize": True}
 
 
 # --------------------------------------------------------------------------------------------------

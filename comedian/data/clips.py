@@ -18,7 +18,7 @@ workers' global RNGs are seeded as well (:func:`seed_worker`).
 
 Frames are read with :class:`~comedian.data.frames.PackedFrames`, one instance per half, opened lazily in
 each worker process (HDF5 handles are never shared across a fork). Workers only read and decode: a sample
-holds its frames as uint8 (T, H, W, 3) at the size augmentation needs (:func:`decode_size`), or only their
+holds its frames as uint8 (T, 3, H, W) at the size augmentation needs (:func:`decode_size`), or only their
 JPEG bytes when the training device decodes them (``decode="device"``), and its augmentation *parameters*
 (:meth:`ClipAugment.draw`, from the sample's key). The training step augments and normalises the whole
 batch on its device (:mod:`comedian.preprocess`, the module inference shares), so the loader's CPU cost is
@@ -420,15 +420,18 @@ class ClipAugment:
 # Reading
 
 
-def decode_size(native: tuple[int, int], size: int, crops: bool) -> tuple[int, int] | None:
+def decode_size(native: tuple[int, int], size: int, crops: bool, resize: bool = True) -> tuple[int, int] | None:
     """The (height, width) to decode frames at before augmentation; None = native.
 
-    Without crops, the model's ``size x size`` directly (the decoder resizes). With crops, at most
-    :data:`CROP_SOURCE_FACTOR` x ``size`` per dimension: crops are drawn in relative coordinates, so a
-    smaller source only costs resolution where a crop is smaller than 1 / CROP_SOURCE_FACTOR of the frame
-    side; for SoccerNet (398 x 224 frames, 224-px model) this is the native size.
+    Without crops and with ``resize``, the model's ``size x size`` directly (the decoder resizes: the choice
+    when the training device is the CPU, which would resize anyway, and whose frame cache then holds small
+    frames). Otherwise at most :data:`CROP_SOURCE_FACTOR` x ``size`` per dimension, the training device
+    resizing (on a GPU the resize is nearly free, while in a worker it costs some 70% of the JPEG decode
+    of a 398 x 224 frame, ``bench/bench_loader.py``): crops are drawn in relative coordinates, so a smaller
+    source only costs resolution where a crop is smaller than 1 / CROP_SOURCE_FACTOR of the frame side; for
+    SoccerNet (398 x 224 frames, 224-px model) this is the native size.
     """
-    if not crops:
+    if not crops and resize:
         return (size, size)
     side = CROP_SOURCE_FACTOR * size
     height, width = native
@@ -438,11 +441,12 @@ def decode_size(native: tuple[int, int], size: int, crops: bool) -> tuple[int, i
 
 
 
-def read_clip(frames: PackedFrames, start: int, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Frames ``start .. start + count - 1`` of a half as uint8 (count, H, W, 3); frames past the end of
-    the half repeat its last frame (only for halves shorter than a window)."""
+def read_clip(frames: PackedFrames, start: int, count: int, size: tuple[int, int] | None = None,
+              channels_first: bool = False) -> np.ndarray:
+    """Frames ``start .. start + count - 1`` of a half as uint8 (count, H, W, 3) (or (count, 3, H, W));
+    frames past the end of the half repeat its last frame (only for halves shorter than a window)."""
     available = min(count, frames.count - start)
-    clip = frames.read(start, available, size=size)
+    clip = frames.read(start, available, size=size, channels_first=channels_first)
     if available < count:
         clip = np.concatenate([clip, np.repeat(clip[-1:], count - available, axis=0)])
     return clip
@@ -457,8 +461,8 @@ class FrameStore:
     """Frames of the halves: one :class:`PackedFrames` per half, opened on first use in the process that
     reads, and an optional in-memory cache of decoded frames.
 
-    ``clip(index, start, count, size)`` is what a sample holds of its frames: ``{"clip": uint8 (T, H, W, 3)}``
-    decoded here (``decode="worker"``), or ``{"jpeg": uint8 (bytes,), "jpeg_lengths": int64 (T,)}``, the
+    ``clip(index, start, count, size)`` is what a sample holds of its frames: ``{"clip": uint8 (T, 3, H, W)}``
+    (channels first, as the training device wants them) decoded here (``decode="worker"``), or ``{"jpeg": uint8 (bytes,), "jpeg_lengths": int64 (T,)}``, the
     frames' JPEGs back to back for the training device to decode (``decode="device"``; see
     :func:`collate_samples`).
 
@@ -504,16 +508,16 @@ class FrameStore:
                 "jpeg_lengths": torch.tensor([j.size for j in jpegs], dtype=torch.int64)}
 
     def read(self, index: int, start: int, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """uint8 (count, H, W, 3): frames ``start ..`` of half ``index``, as :func:`read_clip`."""
+        """uint8 (count, 3, H, W): frames ``start ..`` of half ``index``, as :func:`read_clip`."""
         if not self.cache_bytes:
-            return read_clip(self.file(index), start, count, size)
+            return read_clip(self.file(index), start, count, size, channels_first=True)
         frames = self.file(index)
         stop = min(start + count, frames.count)
         keys = [(index, f, size) for f in range(start, stop)]
         if all(k in self._cache for k in keys):
             clip = np.stack([self._cache[k] for k in keys])
         else:
-            clip = frames.read(start, stop - start, size=size)
+            clip = frames.read(start, stop - start, size=size, channels_first=True)
             for k, frame in zip(keys, clip):
                 if k not in self._cache and self._used + frame.nbytes <= self.cache_bytes:
                     self._cache[k] = frame.copy()
@@ -542,14 +546,16 @@ class SubVideoPairs(Dataset):
     every epoch from (seed, epoch): :meth:`subvideos`), as two augmented views.
 
     ``dataset[(epoch, index)]`` -> the sub-video's frames (:meth:`FrameStore.clip`: ``clip`` uint8 (frames,
-    H, W, 3), or its JPEGs) and the two views' augmentation parameters ``augment_view1``, ``augment_view2``
+    3, H, W) at :func:`decode_size` (``worker_resize``), or its JPEGs) and the two views' augmentation parameters ``augment_view1``, ``augment_view2``
     (:meth:`ClipParams.tensors`; one draw per view, the same for both frames of the view), which the
     training step applies (:func:`comedian.preprocess.augment`).
     """
 
     def __init__(self, halves: Sequence[HalfVideo], augments: tuple[ClipAugment, ClipAugment], seed: int,
-                 frames: int = 2, cache_mb: float = 0.0, per_half: int | None = None, decode: str = "worker") -> None:
+                 frames: int = 2, cache_mb: float = 0.0, per_half: int | None = None, decode: str = "worker",
+                 worker_resize: bool = True) -> None:
         self.files = FrameStore(halves, cache_mb, decode)
+        self.worker_resize = worker_resize
         self.starts = subvideo_starts(halves, frames)
         self.augments = augments
         self.seed, self.frames = seed, frames
@@ -578,7 +584,7 @@ class SubVideoPairs(Dataset):
         epoch, index = key
         half, start = self.subvideos(epoch)[index]
         crops = self.augments[0].spec.crops or self.augments[1].spec.crops
-        size = decode_size(self.files.file(int(half)).size, self.augments[0].size, crops)
+        size = decode_size(self.files.file(int(half)).size, self.augments[0].size, crops, self.worker_resize)
         item: dict[str, Any] = self.files.clip(int(half), int(start), self.frames, size)
         rng = sample_rng(self.seed, STREAM_AUGMENT, epoch, index)
         item["augment_view1"] = self.augments[0].draw(rng).tensors()
@@ -591,7 +597,7 @@ class WindowClips(Dataset):
     (``sampling``: see :func:`sample_windows`).
 
     ``dataset[(epoch, index)]`` -> a dict with the window's frames (:meth:`FrameStore.clip`: ``clip`` uint8
-    (T, H, W, 3), or its JPEGs), ``augment`` (its augmentation parameters, :meth:`ClipParams.tensors`, which
+    (T, 3, H, W) at :func:`decode_size` (``worker_resize``), or its JPEGs), ``augment`` (its augmentation parameters, :meth:`ClipParams.tensors`, which
     the training step applies, :func:`comedian.preprocess.augment`), ``key`` int64 (2,)
     (epoch, index: the training step seeds the sample's token mask with it), ``start_s``
     (float64, time of the first frame within the half) and ``half_index`` (int64, into ``halves``), plus
@@ -611,12 +617,14 @@ class WindowClips(Dataset):
         extras: Callable[[HalfVideo, float, int], Mapping[str, np.ndarray]] | None = None,
         cache_mb: float = 0.0,
         decode: str = "worker",
+        worker_resize: bool = True,
     ) -> None:
         if window_frames % frames_per_token:
             raise InputError(f"window of {window_frames} frames is not a multiple of {frames_per_token} frames "
                              "per token")
         self.halves = list(halves)
         self.files = FrameStore(halves, cache_mb, decode)
+        self.worker_resize = worker_resize
         self.window_frames, self.per_game = window_frames, per_game
         self.augment, self.seed = augment, seed
         self.tokens = window_frames // frames_per_token
@@ -639,7 +647,8 @@ class WindowClips(Dataset):
         epoch, index = key
         half_index, start = (int(v) for v in self.windows(epoch)[index])
         half = self.halves[half_index]
-        size = decode_size(self.files.file(half_index).size, self.augment.size, self.augment.spec.crops)
+        size = decode_size(self.files.file(half_index).size, self.augment.size, self.augment.spec.crops,
+                           self.worker_resize)
         item: dict[str, Any] = self.files.clip(half_index, start, self.window_frames, size)
         item["augment"] = self.augment.draw(sample_rng(self.seed, STREAM_AUGMENT, epoch, index)).tensors()
         item["key"] = torch.tensor([epoch, index], dtype=torch.int64)

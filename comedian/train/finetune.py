@@ -71,7 +71,7 @@ from comedian.train.loop import (
     build_step_model,
     check_init,
     config_params,
-    decode_place,
+    frame_loading,
     file_identity,
     fingerprint,
     mask_tube_tokens,
@@ -378,7 +378,7 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     dataset = WindowClips(halves, model_settings.frames, settings.windows_per_game, augment, args.seed,
                           model.tubelet_size, settings.sampling,
                           extras=SpotTargets(labels, len(classes), settings.radius_s, model.tubelet_size),
-                          cache_mb=settings.frame_cache_mb, decode=decode_place(args.decode, ctx, STEP, args.quiet))
+                          cache_mb=settings.frame_cache_mb, **frame_loading(args.decode, ctx, STEP, args.quiet))
     if settings.head_prior:
         init_head_prior(model, dataset)
     phases = tuple(p for p in (

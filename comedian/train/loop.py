@@ -90,7 +90,7 @@ __all__ = [
     "scaled_lr", "param_groups", "setup_distributed", "teardown_distributed", "seed_everything",
     "fingerprint", "resolve_device", "STATE_FORMAT", "ModelSettings", "build_step_model", "add_common_arguments",
     "settings_from", "sample_masks", "maybe_stage_run", "config_params", "parse_json_arg", "apply_threads",
-    "Prepared", "run_step", "Interrupted", "STOP_SIGNALS", "decode_place",
+    "Prepared", "run_step", "Interrupted", "STOP_SIGNALS", "frame_loading",
 ]
 
 log = logging.getLogger(__name__)
@@ -1009,10 +1009,15 @@ def add_common_arguments(parser: Any) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def decode_place(requested: str, ctx: DistContext, step: str, quiet: bool = False) -> str:
-    """Where the step's JPEGs are decoded (``--decode``; see :data:`~comedian.data.clips.DECODE_PLACES`):
-    ``auto`` = on the device when it is CUDA and nvJPEG decodes there, else in the workers. Rank 0 says
-    which path runs."""
+def frame_loading(requested: str, ctx: DistContext, step: str, quiet: bool = False) -> dict[str, Any]:
+    """How the step's loader hands over frames (keywords of the datasets of :mod:`comedian.data.clips`):
+
+    - ``decode`` (``--decode``, :data:`~comedian.data.clips.DECODE_PLACES`): ``auto`` = on the device when
+      it is CUDA and nvJPEG decodes there (the workers then only read bytes), else in the workers;
+    - ``worker_resize``: the workers resize frames to the model's side (when no crop is drawn) only when
+      the training device is the CPU; a GPU resizes them itself (:func:`comedian.data.clips.decode_size`).
+
+    Rank 0 says which path runs."""
     if requested not in ("auto", *DECODE_PLACES):
         raise InputError(f"--decode: {requested!r} is not one of auto, {', '.join(DECODE_PLACES)}")
     nvjpeg = nvjpeg_available(ctx.device)
@@ -1022,8 +1027,8 @@ def decode_place(requested: str, ctx: DistContext, step: str, quiet: bool = Fals
     if ctx.is_main and not quiet:
         where = (f"on {ctx.device} ({'nvJPEG' if ctx.device.type == 'cuda' else 'libjpeg-turbo'}), the loader "
                  "workers read bytes only" if place == "device" else "in the loader workers (libjpeg-turbo)")
-        print(f"{step}: JPEG decoding {where}; augmentation on {ctx.device}")
-    return place
+        print(f"{step}: JPEG decoding {where}; resizing and augmentation on {ctx.device}")
+    return {"decode": place, "worker_resize": ctx.device.type == "cpu"}
 
 
 def apply_threads(threads: int) -> None:

@@ -46,7 +46,7 @@ from comedian.train.loop import (
     add_common_arguments,
     build_step_model,
     config_params,
-    decode_place,
+    frame_loading,
     fingerprint,
     maybe_compile,
     parse_json_arg,
@@ -211,7 +211,7 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     halves = list_halves(args.frames_dir, games)
     dataset = SubVideoPairs(halves, view_augments(settings.augment, size), args.seed, model.tubelet_size,
                             settings.frame_cache_mb, settings.subvideos_per_half,
-                            decode=decode_place(args.decode, ctx, STEP, args.quiet))
+                            **frame_loading(args.decode, ctx, STEP, args.quiet))
     loop = LoopConfig(
         step=STEP,
         phases=(Phase("train", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio,

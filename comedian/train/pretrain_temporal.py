@@ -56,7 +56,7 @@ from comedian.train.loop import (
     build_step_model,
     check_init,
     config_params,
-    decode_place,
+    frame_loading,
     file_identity,
     fingerprint,
     mask_tube_tokens,
@@ -269,7 +269,7 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     augment = ClipAugment(AugmentSpec.from_config({**DEFAULT_AUGMENT, **dict(settings.augment or {})}), size)
     dataset = WindowClips(halves, model_settings.frames, settings.windows_per_game, augment, args.seed,
                           model.tubelet_size, settings.sampling, extras=bank, cache_mb=settings.frame_cache_mb,
-                          decode=decode_place(args.decode, ctx, STEP, args.quiet))
+                          **frame_loading(args.decode, ctx, STEP, args.quiet))
     loop = LoopConfig(
         step=STEP,
         phases=(Phase("train", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio,
