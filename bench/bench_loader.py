@@ -7,7 +7,8 @@ probability 1), on packed frames made the way ``comedian extract`` makes them (a
 H.264 video extracted at 2 fps, MJPEG q:v 3):
 
 - ``loader_cpu_ms_per_clip``: CPU time of one loader worker building one sample (``dataset[key]``: HDF5
-  read, JPEG decode at the size augmentation needs, drawing the augmentation parameters), one thread;
+  read, JPEG decode at the size augmentation needs, drawing the augmentation parameters) and its share of
+  collating a batch (:func:`comedian.data.clips.collate_samples`), one thread;
 - ``decode_floor_ms_per_clip``: CPU time of decoding the same frames' JPEGs alone (``torchvision.io.
   decode_jpeg``, bytes already in memory, native size, no resize);
 - ``ratio``: the two, measured interleaved clip by clip (goal <= 1.3);
@@ -128,29 +129,32 @@ def device_part(batch: dict[str, Any], device: torch.device) -> float:
 
 
 def measure(dataset: Any, files: list[PackedFrames], clips: int, device: torch.device, batch: int) -> dict[str, Any]:
-    keys = [(0, i) for i in np.random.default_rng(1).permutation(len(dataset))[:clips]]
-    dataset[keys[0]]  # warm-up: imports, file handles
+    keys = [(0, int(i)) for i in np.random.default_rng(1).permutation(len(dataset))[:clips]]
+    collate_samples([dataset[keys[0]]])  # warm-up: imports, file handles
     loader = floor = 0.0
-    samples = []
-    for key in keys:  # interleaved, so both see the same machine state
-        h, start, count = sample_frames(dataset, key[1])
-        jpegs = [torch.from_numpy(j.copy()) for j in files[h].read_jpegs(start, count)]
+    batches = []
+    for first in range(0, clips, batch):
+        samples = []
+        for key in keys[first : first + batch]:  # interleaved, so both see the same machine state
+            h, start, count = sample_frames(dataset, key[1])
+            jpegs = [torch.from_numpy(j.copy()) for j in files[h].read_jpegs(start, count)]
+            t0 = time.process_time()
+            decode_floor(jpegs)
+            t1 = time.process_time()
+            samples.append(dataset[key])
+            t2 = time.process_time()
+            floor += t1 - t0
+            loader += t2 - t1
         t0 = time.process_time()
-        decode_floor(jpegs)
-        t1 = time.process_time()
-        sample = dataset[key]
-        t2 = time.process_time()
-        floor += t1 - t0
-        loader += t2 - t1
-        samples.append(sample)
-    collated = collate_samples(samples[:batch])
-    device_part(collated, device)  # warm-up
-    seconds = min(device_part(collated, device) for _ in range(3))
+        batches.append(collate_samples(samples))
+        loader += time.process_time() - t0
+    device_part(batches[0], device)  # warm-up
+    seconds = min(device_part(batches[0], device) for _ in range(3))
     return {
         "loader_cpu_ms_per_clip": 1000 * loader / clips,
         "decode_floor_ms_per_clip": 1000 * floor / clips,
         "ratio": loader / floor,
-        "device_augment_ms_per_clip": 1000 * seconds / min(batch, clips),
+        "device_augment_ms_per_clip": 1000 * seconds / len(keys[:batch]),
         "device": str(device),
     }
 

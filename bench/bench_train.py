@@ -3,9 +3,10 @@
 For each step (pretrain_spatial, pretrain_temporal, finetune), on synthetic packed frames (398x224 JPEGs,
 as extracted from SoccerNet) with the demo config's settings:
 
-- ``model``:   clips/s of the step's forward + backward + AdamW step (+ EMA / queue updates) on batches
-               already in memory (what the model can consume);
-- ``loader``:  clips/s of the DataLoader alone (JPEG decoding, resizing, augmentation, targets) with
+- ``model``:   clips/s of the step's on-device preprocessing (augmentation, normalisation) + forward +
+               backward + AdamW step (+ EMA / queue updates) on batches already in memory (what the
+               training process can consume);
+- ``loader``:  clips/s of the DataLoader alone (JPEG decoding, resizing, augmentation parameters, targets) with
                ``--workers`` processes; ``cold`` = first pass (decoding), ``warm`` = second pass (served by
                the step's frame cache when its ``frame_cache_mb`` > 0);
 - ``trainer``: clips/s of two real epochs (the step's main phase) of :class:`comedian.train.loop.Trainer`,
@@ -31,6 +32,7 @@ import torch
 import yaml
 from PIL import Image
 
+from comedian.data.clips import collate_samples
 from comedian.data.frames import FORMAT
 from comedian.data.soccernet import SOCCERNET_V2_CLASSES, game_slug
 from comedian.train import finetune, pretrain_spatial, pretrain_temporal
@@ -118,7 +120,7 @@ def loader_rate(dataset, batch: int, workers: int, batches: int) -> tuple[float,
     """(cold, warm) clips/s of the DataLoader alone over ``batches`` batches, and the batches read."""
     keys = [(0, i % len(dataset)) for i in range(batch * (batches + 1))]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=keys, num_workers=workers,
-                                         persistent_workers=workers > 0)
+                                         persistent_workers=workers > 0, collate_fn=collate_samples)
     rates, kept = [], []
     for _ in range(2):
         it = iter(loader)
@@ -136,10 +138,13 @@ def model_rate(module, batches: list[Any], steps: int) -> float:
     module.train_mode()
     optimizer = torch.optim.AdamW(param_groups(module, 0.05), lr=1e-4, fused=True)
     params = [p for p in module.parameters() if p.requires_grad]
-    n = batches[0][next(iter(batches[0]))].shape[0]
+    n = batches[0]["clip"].shape[0]
 
     def step(k: int) -> None:
-        loss, _ = module(_to_device(batches[k % len(batches)], torch.device("cpu")))
+        cpu = torch.device("cpu")
+        with torch.no_grad():
+            batch = module.prepare(_to_device(batches[k % len(batches)], cpu), cpu)
+        loss, _ = module(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             history = Trainer(loop, prepared.module, prepared.dataset, base / name / "work", base / name / "out.pt",
                               print_fn=lambda _: None).fit()["history"]
             frames = prepared.dataset[(0, 0)]
-            per_clip = (frames["view1"].shape[0] * 2) if "view1" in frames else frames["clip"].shape[0]
+            per_clip = len(frames["clip"]) * (2 if "augment_view1" in frames else 1)
             rows.append({"step": name, "batch": batch, "frames_per_clip": per_clip, "model": model,
                          "loader_cold": cold, "loader_warm": warm, "trainer_epoch1": history[0]["clips_per_s"],
                          "trainer_epoch2": history[1]["clips_per_s"], "data_wait": history[1]["data_wait"]})

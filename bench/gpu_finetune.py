@@ -5,12 +5,17 @@ Measures, on one device:
 1. ``matmul``: the card's measured dense matrix-product rate in the training dtype (bf16 on CUDA: square
    8192 x 8192 products; fp32 on CPU), FLOP/s;
 2. ``model``: the fine-tuning step alone (:class:`comedian.train.finetune.SpottingModule`: bf16 autocast,
-   mixup, token masking, BCE, backward, gradient clipping, fused AdamW) on synthetic clips already on the
-   device: clips/s and MFU;
-3. ``loader``: the real data loader alone (:class:`comedian.data.clips.WindowClips` over packed frames this
-   script writes: 398x224 JPEGs, decoding + resizing + augmentation in ``--workers`` processes): clips/s;
-4. ``train``: the step fed by that loader (uint8 clips copied to the device, normalised there): clips/s, MFU
-   and the share of time spent waiting for data.
+   mixup, token masking with masked tubelets skipped, BCE, backward, gradient clipping, fused AdamW) on
+   synthetic clips already on the device and already augmented: clips/s and MFU;
+3. ``decode``: JPEG decoding of the script's frames, frames/s: one CPU thread (libjpeg-turbo, what one loader
+   worker does) and, on CUDA, batched nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``);
+4. ``augment``: the batched device augmentation with every fine-tuning op on + normalisation
+   (:func:`comedian.preprocess.prepare_clips`), ms per clip;
+5. ``loader``: the real data loader alone (:class:`comedian.data.clips.WindowClips` over packed frames this
+   script writes: 398x224 JPEGs; ``--decode`` as the training steps' flag: ``auto`` = nvJPEG on CUDA, the
+   ``--workers`` processes reading bytes only): clips/s;
+6. ``train``: the step fed by that loader (decode where chosen, augmentation and normalisation on the
+   device, :meth:`StepModule.prepare`): clips/s, MFU and the share of time spent waiting for data.
 
 MFU = achieved FLOP/s / the measured matmul rate, with the FLOPs of one clip's training step counted as
 3 x 2 x the forward multiply-adds of ``comedian model-summary`` (fwd + bwd = 3 x fwd; 2 FLOPs per MAC).
@@ -35,13 +40,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from comedian.data.clips import AugmentSpec, ClipAugment, WindowClips, list_halves
-from comedian.data.frames import FORMAT
+from comedian.data.clips import AugmentSpec, ClipAugment, WindowClips, collate_samples, list_halves
+from comedian.data.frames import FORMAT, PackedFrames, decode_frames
 from comedian.data.soccernet import game_slug
 from comedian.models import build_model
 from comedian.models.summary import count_macs
+from comedian.preprocess import decode_batch, normalise, prepare_clips
 from comedian.train.finetune import DEFAULT_AUGMENT, FinetuneSettings, SpottingModule
-from comedian.train.loop import Phase, _to_device, param_groups
+from comedian.train.loop import DistContext, Phase, _to_device, frame_loading, param_groups
 
 CLASSES = [f"class{c}" for c in range(17)]
 
@@ -110,14 +116,19 @@ class RandomTargets:
         return {"targets": (rng.random((n_frames // 2, self.classes)) < 0.01).astype(np.float32)}
 
 
-def train_steps(module, optimizer, params, batches, device, steps: int, autocast) -> tuple[float, float]:
-    """Run ``steps`` optimiser steps on ``batches`` (an iterator); return (seconds, seconds waiting for data)."""
+def train_steps(module, optimizer, params, batches, device, steps: int, autocast,
+                prepare: bool = True) -> tuple[float, float]:
+    """Run ``steps`` optimiser steps on ``batches`` (an iterator), each batch prepared on the device first
+    (:meth:`StepModule.prepare`) unless ``prepare`` is False; return (seconds, seconds waiting for data)."""
     wait = 0.0
     t0 = time.perf_counter()
     for _ in range(steps):
         t1 = time.perf_counter()
         batch = _to_device(next(batches), device)
         wait += time.perf_counter() - t1
+        if prepare:
+            with torch.no_grad():
+                batch = module.prepare(batch, device)
         with autocast():
             loss, _ = module(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -126,6 +137,45 @@ def train_steps(module, optimizer, params, batches, device, steps: int, autocast
         optimizer.step()
     sync(device)
     return time.perf_counter() - t0, wait
+
+
+def decode_rates(frames: PackedFrames, device: torch.device, clip: int, batch: int) -> dict[str, float]:
+    """Frames/s of JPEG decoding on one CPU thread and, on CUDA, of batched nvJPEG (``batch`` clips at once)."""
+    jpegs = frames.read_jpegs(0, clip)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    decode_frames(jpegs)
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 2.0:
+        decode_frames(jpegs)
+        n += clip
+    torch.set_num_threads(threads)
+    out = {"decode_cpu_frames_per_s": n / (time.perf_counter() - t0)}
+    if device.type == "cuda":
+        data = torch.from_numpy(np.concatenate(jpegs * batch))
+        lengths = torch.tensor([[j.size for j in jpegs]] * batch)
+        decode_batch(data, lengths, device)
+        sync(device)
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < 2.0:
+            decode_batch(data, lengths, device)
+            n += clip * batch
+        sync(device)
+        out["decode_nvjpeg_frames_per_s"] = n / (time.perf_counter() - t0)
+    return out
+
+
+def augment_time(augment: ClipAugment, device: torch.device, batch: int, frames: int) -> float:
+    """Seconds per clip of :func:`comedian.preprocess.prepare_clips` on 398x224 frames (resize included)."""
+    params = collate_samples([augment.draw(np.random.default_rng(k)).tensors() for k in range(batch)])
+    x = torch.randint(0, 256, (batch, frames, 3, 224, 398), dtype=torch.uint8).to(device)
+    prepare_clips(x, params, augment.size)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        prepare_clips(x, params, augment.size)
+    sync(device)
+    return (time.perf_counter() - t0) / (3 * batch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed optimiser steps per measurement")
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="DataLoader workers")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformers")
+    parser.add_argument("--decode", default="auto", choices=("auto", "worker", "device"),
+                        help="where the loader's JPEGs are decoded, as the training steps' --decode")
     args = parser.parse_args(argv)
     if args.quick:
         args.frames, args.size, args.batch_size, args.steps = 8, 32, 2, 3
@@ -177,11 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(param_groups(module, 0.05), lr=1e-4, fused=True)
     tokens = args.frames // 2
 
-    # 2. the model alone on synthetic device-resident batches
+    # 2. the model alone on synthetic device-resident batches, already augmented and normalised
     g = torch.Generator().manual_seed(0)
     synthetic = {
-        "clip": torch.randint(0, 256, (args.batch_size, args.frames, args.size, args.size, 3), dtype=torch.uint8,
-                              generator=g).to(device),
+        "clip": normalise(torch.randint(0, 256, (args.batch_size, args.frames, 3, args.size, args.size),
+                                        dtype=torch.uint8, generator=g).to(device)),
         "key": torch.stack([torch.zeros(args.batch_size, dtype=torch.long), torch.arange(args.batch_size)], 1)
         .to(device),
         "targets": (torch.rand(args.batch_size, tokens, 17, generator=g) < 0.01).float().to(device),
@@ -192,15 +244,15 @@ def main(argv: list[str] | None = None) -> int:
             yield synthetic
 
     it = repeat()
-    train_steps(module, optimizer, params, it, device, 3, autocast)  # warm-up (and compilation)
-    seconds, _ = train_steps(module, optimizer, params, it, device, args.steps, autocast)
+    train_steps(module, optimizer, params, it, device, 3, autocast, prepare=False)  # warm-up (and compilation)
+    seconds, _ = train_steps(module, optimizer, params, it, device, args.steps, autocast, prepare=False)
     rate = args.steps * args.batch_size / seconds
     report["model_clips_per_s"] = rate
     report["model_mfu"] = rate * flops_per_clip / peak
     if cuda:
         report["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
 
-    # 3-4. the real data loader, alone and feeding the step
+    # 3-6. decoding, augmentation, the real data loader alone and feeding the step
     with tempfile.TemporaryDirectory() as tmp:
         n_clips = args.batch_size * (2 * args.steps + 6)
         half_frames = 8 * args.frames if not args.quick else 4 * args.frames
@@ -209,14 +261,21 @@ def main(argv: list[str] | None = None) -> int:
         games = write_frames(Path(tmp), n_halves, half_frames)
         report["write_frames_s"] = time.perf_counter() - t0
         halves = list_halves(tmp, games)
+        report.update(decode_rates(PackedFrames(halves[0].path), device, args.frames, args.batch_size))
+        all_on = {k: (1.0 if k.endswith("_p") and v > 0 else v) for k, v in DEFAULT_AUGMENT.items()}
+        strong = ClipAugment(AugmentSpec.from_config(all_on), args.size)
+        report["augment_ms_per_clip"] = augment_time(strong, device, args.batch_size, args.frames) * 1000
         augment = ClipAugment(AugmentSpec.from_config(DEFAULT_AUGMENT), args.size)
         per_game = -(-n_clips // len({h.game for h in halves}))
+        loading = frame_loading(args.decode, DistContext(device=device), "bench")
+        report["decode_place"] = loading["decode"]
         dataset = WindowClips(halves, args.frames, per_game, augment, seed=0, sampling="random",
-                              extras=RandomTargets(17))
+                              extras=RandomTargets(17), **loading)
         keys = [(0, i) for i in range(len(dataset))]
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=args.batch_size, sampler=keys, num_workers=args.workers, pin_memory=cuda,
-            drop_last=True, prefetch_factor=4 if args.workers else None, persistent_workers=args.workers > 0)
+            drop_last=True, prefetch_factor=4 if args.workers else None, persistent_workers=args.workers > 0,
+            collate_fn=collate_samples)
         batches = iter(loader)
         next(batches)  # worker start-up
         t0 = time.perf_counter()
@@ -234,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['dtype']}; {report['gmacs_per_clip_fwd']:.1f} GMACs per clip forward")
     print(f"  matmul rate      {report['matmul_tflops']:8.1f} TFLOP/s ({report['dtype']})")
     print(f"  model alone      {report['model_clips_per_s']:8.2f} clips/s   MFU {100 * report['model_mfu']:5.1f}%")
-    print(f"  loader alone     {report['loader_clips_per_s']:8.2f} clips/s   ({args.workers} workers)")
+    print(f"  JPEG decoding    {report['decode_cpu_frames_per_s']:8.1f} frames/s on one CPU thread"
+          + (f", {report['decode_nvjpeg_frames_per_s']:.1f} frames/s with nvJPEG" if cuda else ""))
+    print(f"  augmentation     {report['augment_ms_per_clip']:8.3f} ms per clip on the device (every op on)")
+    print(f"  loader alone     {report['loader_clips_per_s']:8.2f} clips/s   ({args.workers} workers, JPEG decoding "
+          f"in the {report['decode_place']})")
     print(f"  with the loader  {report['train_clips_per_s']:8.2f} clips/s   MFU {100 * report['train_mfu']:5.1f}%   "
           f"data wait {100 * report['train_data_wait']:.0f}%")
     print(json.dumps(report))

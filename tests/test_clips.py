@@ -74,8 +74,9 @@ def test_list_halves_reads_headers_and_names_missing_files(frames_dir, halves, t
 def test_frame_store_reads_ranges_and_pads_short_halves(halves, cache_mb):
     store = FrameStore(halves, cache_mb)
     for _ in range(2):  # the second pass is served from the cache when there is one
-        assert _level(store.read(0, 5, 4)).tolist() == [5, 6, 7, 8]
-        assert _level(store.read(3, 4, 16, (8, 8))).tolist() == list(range(4, 12)) + [11] * 8
+        assert _level(torch.stack(store.frames(0, 5, 4))).tolist() == [5, 6, 7, 8]
+        short = torch.stack(store.frames(3, 4, 16, (8, 8)))
+        assert short.shape == (16, 3, 8, 8) and _level(short).tolist() == list(range(4, 12)) + [11] * 8
     assert bool(store._cache) == bool(cache_mb)
 
 
@@ -265,18 +266,18 @@ def test_window_clips_deliver_frames_labels_and_keys(halves):
     data = WindowClips(halves, 16, 4, ClipAugment(AugmentSpec(), 8), seed=1, extras=targets)
     windows = data.windows(0)
     for index in range(len(data)):
-        item = data[(0, index)]
+        item = collate_samples([data[(0, index)]])
         half, start = windows[index]
-        assert item["clip"].shape == (16, 3, 8, 8)
+        assert item["clip"].shape == (1, 16, 3, 8, 8)
         expected = [min(start + j, halves[half].count - 1) for j in range(16)]
-        assert _level(item["clip"]).tolist() == expected
-        assert item["key"].tolist() == [0, index]
+        assert _level(item["clip"][0]).tolist() == expected
+        assert item["key"].tolist() == [[0, index]]
         assert set(item["augment"]) == set(PARAM_KEYS)
         assert float(item["start_s"]) == start / 2.0
         h = halves[half]
         rows = LABELS[(LABELS.game == h.game) & (LABELS.half == h.half)]
         want = token_targets(rows.time_s.to_numpy(), rows.class_index.to_numpy(), start / 2.0, 16, 3)
-        assert np.array_equal(item["targets"].numpy(), want)
+        assert np.array_equal(item["targets"][0].numpy(), want)
 
 
 def test_label_window_of_two_actions_in_one_token(halves):
@@ -292,18 +293,18 @@ def test_samples_do_not_depend_on_workers_or_instances(halves):
         return WindowClips(halves, 16, 4, ClipAugment(_strong(), 8), seed=7, extras=SpotTargets(LABELS, 3, 0.5))
 
     keys = [(1, i) for i in range(8)]
-    direct = [make()[k] for k in keys]
+    direct = [collate_samples([make()[k]]) for k in keys]
     for workers in (0, 2):
-        loader = torch.utils.data.DataLoader(make(), batch_size=4, sampler=keys, num_workers=workers)
+        loader = torch.utils.data.DataLoader(make(), batch_size=4, sampler=keys, num_workers=workers,
+                                             collate_fn=collate_samples)
         batches = list(loader)
         for b, batch in enumerate(batches):
             for j in range(4):
                 want = direct[4 * b + j]
-                assert torch.equal(batch["clip"][j], want["clip"])
+                for name in ("clip", "key", "targets"):
+                    assert torch.equal(batch[name][j], want[name][0])
                 for name, value in want["augment"].items():
-                    assert torch.equal(batch["augment"][name][j], value)
-                assert torch.equal(batch["key"][j], want["key"])
-                assert torch.equal(batch["targets"][j], want["targets"])
+                    assert torch.equal(batch["augment"][name][j], value[0])
 
 
 def _same_sample(a: dict, b: dict) -> bool:
@@ -314,15 +315,15 @@ def _same_sample(a: dict, b: dict) -> bool:
 def test_subvideo_pairs_are_reproducible_views_of_one_second(halves):
     augments = (ClipAugment(_strong(blur_p=1.0, solarize_p=0.0), 8), ClipAugment(_strong(blur_p=0.1), 8))
     data = SubVideoPairs(halves, augments, seed=0)
-    item = data[(0, 3)]  # half 0, frames 6 and 7, at most 4 x 8 px per side (crops)
-    assert item["clip"].shape == (2, 3, 24, 32) and _level(item["clip"]).tolist() == [6, 7]
+    item = collate_samples([data[(0, 3)]])  # half 0, frames 6 and 7, at most 4 x 8 px per side (crops)
+    assert item["clip"].shape == (1, 2, 3, 24, 32) and _level(item["clip"][0]).tolist() == [6, 7]
     assert set(item) == {"clip", "augment_view1", "augment_view2"}
-    assert _same_sample(item, SubVideoPairs(halves, augments, seed=0)[(0, 3)])
-    other_epoch = data[(1, 3)]
+    assert _same_sample(item, collate_samples([SubVideoPairs(halves, augments, seed=0)[(0, 3)]]))
+    other_epoch = collate_samples([data[(1, 3)]])
     assert not torch.equal(item["augment_view1"]["crop"], other_epoch["augment_view1"]["crop"])
     assert not torch.equal(item["augment_view1"]["crop"], item["augment_view2"]["crop"])  # two views differ
-    plain = SubVideoPairs(halves, (ClipAugment(AugmentSpec(), 8),) * 2, seed=0)[(0, 3)]
-    assert plain["clip"].shape == (2, 3, 8, 8) and _level(plain["clip"]).tolist() == [6, 7]
+    plain = collate_samples([SubVideoPairs(halves, (ClipAugment(AugmentSpec(), 8),) * 2, seed=0)[(0, 3)]])
+    assert plain["clip"].shape == (1, 2, 3, 8, 8) and _level(plain["clip"][0]).tolist() == [6, 7]
 
 
 def test_workers_send_jpeg_bytes_when_the_device_decodes(halves):

@@ -53,7 +53,7 @@ from comedian.preprocess import JITTER_OPS
 __all__ = [
     "HalfVideo", "list_halves", "frames_path", "sample_rng", "seed_worker",
     "subvideo_starts", "sample_windows", "EpochSampler", "AugmentSpec", "ClipAugment", "SubVideoPairs",
-    "WindowClips", "read_clip", "FrameStore", "decode_size", "collate_samples", "DECODE_PLACES",
+    "WindowClips", "FrameStore", "decode_size", "collate_samples", "DECODE_PLACES",
 ]
 
 #: Streams of :func:`sample_rng`, so that the draws of different purposes never share a generator
@@ -228,7 +228,7 @@ def sample_windows(halves: Sequence[HalfVideo], per_game: int, window_frames: in
       remainder), and each half's are spread by :func:`_disjoint_starts`: both edges, then windows that
       do not overlap (step 3's "uniformly sampled" windows).
 
-    A half shorter than the window has the single start 0 (the clip is then padded, see :func:`read_clip`).
+    A half shorter than the window has the single start 0 (the clip is then padded, see :meth:`FrameStore.frames`).
 
     Returns:
         (games * per_game, 2) int64: (index into ``halves``, start frame), grouped by game in ``halves``
@@ -441,17 +441,6 @@ def decode_size(native: tuple[int, int], size: int, crops: bool, resize: bool = 
 
 
 
-def read_clip(frames: PackedFrames, start: int, count: int, size: tuple[int, int] | None = None,
-              channels_first: bool = False) -> np.ndarray:
-    """Frames ``start .. start + count - 1`` of a half as uint8 (count, H, W, 3) (or (count, 3, H, W));
-    frames past the end of the half repeat its last frame (only for halves shorter than a window)."""
-    available = min(count, frames.count - start)
-    clip = frames.read(start, available, size=size, channels_first=channels_first)
-    if available < count:
-        clip = np.concatenate([clip, np.repeat(clip[-1:], count - available, axis=0)])
-    return clip
-
-
 #: Where a clip's JPEGs are decoded: in the loader's workers (``worker``), or on the training device
 #: (``device``: the workers only read the bytes; :func:`comedian.preprocess.decode_batch`).
 DECODE_PLACES: tuple[str, ...] = ("worker", "device")
@@ -461,10 +450,10 @@ class FrameStore:
     """Frames of the halves: one :class:`PackedFrames` per half, opened on first use in the process that
     reads, and an optional in-memory cache of decoded frames.
 
-    ``clip(index, start, count, size)`` is what a sample holds of its frames: ``{"clip": uint8 (T, 3, H, W)}``
-    (channels first, as the training device wants them) decoded here (``decode="worker"``), or ``{"jpeg": uint8 (bytes,), "jpeg_lengths": int64 (T,)}``, the
-    frames' JPEGs back to back for the training device to decode (``decode="device"``; see
-    :func:`collate_samples`).
+    ``clip(index, start, count, size)`` is what a sample holds of its frames: ``{"clip": [T x uint8 (3, H, W)]}``
+    decoded here (``decode="worker"``; channels first, as the training device wants them, and not copied into
+    one array: :func:`collate_samples` stacks a batch once), or ``{"jpeg": uint8 (bytes,), "jpeg_lengths":
+    int64 (T,)}``, the frames' JPEGs back to back for the training device to decode (``decode="device"``).
 
     The cache keeps every frame it decodes, at the size it was asked for, until ``cache_mb`` megabytes are
     used (then it only serves what it holds): on a data set that fits (the demo), every epoch after the
@@ -483,7 +472,7 @@ class FrameStore:
         self.cache_bytes = int(cache_mb * 2**20)
         self.decode = decode
         self._open: dict[int, PackedFrames] = {}
-        self._cache: dict[tuple[int, int, tuple[int, int] | None], np.ndarray] = {}
+        self._cache: dict[tuple[int, int, tuple[int, int] | None], torch.Tensor] = {}
         self._used = 0
 
     def __getstate__(self) -> dict:
@@ -499,7 +488,7 @@ class FrameStore:
         docstring); ``size`` = the decoding size (``decode="worker"`` only). Frames past the end of the half
         repeat its last frame."""
         if self.decode == "worker":
-            return {"clip": torch.from_numpy(self.read(index, start, count, size))}
+            return {"clip": self.frames(index, start, count, size)}
         frames = self.file(index)
         available = min(count, frames.count - start)
         jpegs = frames.read_jpegs(start, available)
@@ -507,33 +496,34 @@ class FrameStore:
         return {"jpeg": torch.from_numpy(np.concatenate(jpegs)),
                 "jpeg_lengths": torch.tensor([j.size for j in jpegs], dtype=torch.int64)}
 
-    def read(self, index: int, start: int, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """uint8 (count, 3, H, W): frames ``start ..`` of half ``index``, as :func:`read_clip`."""
-        if not self.cache_bytes:
-            return read_clip(self.file(index), start, count, size, channels_first=True)
+    def frames(self, index: int, start: int, count: int, size: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """Frames ``start ..`` of half ``index`` decoded at ``size`` (None = native), one uint8 (3, H, W) tensor
+        each (:meth:`PackedFrames.read_frames`); frames past the end of the half repeat its last frame."""
         frames = self.file(index)
         stop = min(start + count, frames.count)
         keys = [(index, f, size) for f in range(start, stop)]
-        if all(k in self._cache for k in keys):
-            clip = np.stack([self._cache[k] for k in keys])
+        if self.cache_bytes and all(k in self._cache for k in keys):
+            clip = [self._cache[k] for k in keys]
         else:
-            clip = frames.read(start, stop - start, size=size, channels_first=True)
+            clip = frames.read_frames(start, stop - start, size=size)
             for k, frame in zip(keys, clip):
-                if k not in self._cache and self._used + frame.nbytes <= self.cache_bytes:
-                    self._cache[k] = frame.copy()
+                if self.cache_bytes and k not in self._cache and self._used + frame.nbytes <= self.cache_bytes:
+                    self._cache[k] = frame
                     self._used += frame.nbytes
-        if clip.shape[0] < count:
-            clip = np.concatenate([clip, np.repeat(clip[-1:], count - clip.shape[0], axis=0)])
-        return clip
+        return clip + [clip[-1]] * (count - len(clip))
 
 
 def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The DataLoader's ``collate_fn``: ``default_collate``, except that the clips' JPEG bytes (``jpeg``, of
-    different lengths) are concatenated in sample order; ``jpeg_lengths`` (B, T) says where each lies."""
-    if "jpeg" not in samples[0]:
-        return default_collate(list(samples))
-    batch = default_collate([{k: v for k, v in s.items() if k != "jpeg"} for s in samples])
-    batch["jpeg"] = torch.cat([s["jpeg"] for s in samples])
+    """The DataLoader's ``collate_fn``: ``default_collate``, except for the frames: the clips' frames
+    (``clip``, T tensors each) are stacked once into uint8 (B, T, 3, H, W) (in shared memory in a worker, as
+    ``default_collate`` does), and the clips' JPEG bytes (``jpeg``, of different lengths) are concatenated in
+    sample order, ``jpeg_lengths`` (B, T) saying where each lies."""
+    batch = default_collate([{k: v for k, v in s.items() if k not in ("clip", "jpeg")} for s in samples])
+    if "clip" in samples[0]:
+        frames = [frame for s in samples for frame in s["clip"]]
+        batch["clip"] = default_collate(frames).view(len(samples), len(samples[0]["clip"]), *frames[0].shape)
+    if "jpeg" in samples[0]:
+        batch["jpeg"] = torch.cat([s["jpeg"] for s in samples])
     return batch
 
 

@@ -511,21 +511,22 @@ class PackedFrames:
         cuts = self.offsets[start : start + count + 1] - lo
         return [blob[cuts[k] : cuts[k + 1]] for k in range(count)]
 
-    def read(self, start: int, count: int, size: tuple[int, int] | None = None,
-             channels_first: bool = False) -> np.ndarray:
+    def read(self, start: int, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """Decode frames ``start .. start + count - 1`` (with :func:`decode_jpegs`).
 
         Args:
             start: first frame index (frame i is at ``i / fps`` s).
             count: number of consecutive frames.
             size: ``(height, width)`` to resize to (bilinear, antialiased); None = native.
-            channels_first: (count, 3, H, W) instead of (count, H, W, 3).
 
         Returns:
-            uint8 array (count, H, W, 3) (or (count, 3, H, W)), RGB.
+            uint8 array (count, H, W, 3), RGB.
         """
-        return decode_jpegs(self.read_jpegs(start, count), size=size, decoder=self.decoder,
-                            channels_first=channels_first)
+        return decode_jpegs(self.read_jpegs(start, count), size=size, decoder=self.decoder)
+
+    def read_frames(self, start: int, count: int, size: tuple[int, int] | None = None) -> list:
+        """Frames ``start .. start + count - 1`` as one uint8 (3, H, W) tensor each (:func:`decode_frames`)."""
+        return decode_frames(self.read_jpegs(start, count), size=size, decoder=self.decoder)
 
     def read_time(self, start_s: float, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """``read(index_of(start_s), count, size)``: ``count`` frames from ``start_s`` seconds."""
@@ -560,14 +561,12 @@ def decode_jpegs(
     jpegs: Sequence[bytes | memoryview | np.ndarray],
     size: tuple[int, int] | None = None,
     decoder: str = "auto",
-    channels_first: bool = False,
 ) -> np.ndarray:
     """Decode JPEGs of one size into uint8 (N, H, W, 3) RGB, optionally resized.
 
     Args:
         jpegs: N JPEG byte strings (bytes, memoryviews or 1-D uint8 arrays).
         size: ``(height, width)`` to resize to (bilinear, antialiased); None = native size.
-        channels_first: return (N, 3, H, W), torchvision's own layout (saves a transposing copy).
         decoder: ``"torchvision"`` (``torchvision.io.decode_jpeg`` + ``transforms.v2`` resize:
             ~1.6x PIL's speed on CPU, ``bench/bench_frames.py``), ``"pil"`` (no torch import), or
             ``"auto"``: torchvision where its image decoding exists (deprecated since torchvision
@@ -578,13 +577,36 @@ def decode_jpegs(
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if len(jpegs) == 0:
         h, w = size if size is not None else (0, 0)
-        return np.empty((0, 3, h, w) if channels_first else (0, h, w, 3), dtype=np.uint8)
+        return np.empty((0, h, w, 3), dtype=np.uint8)
     if decoder == "auto":
         decoder = "torchvision" if _torchvision_decodes_jpeg() else "pil"
     if decoder == "pil":
-        frames = _decode_pil(jpegs, size)
-        return np.ascontiguousarray(frames.transpose(0, 3, 1, 2)) if channels_first else frames
+        return _decode_pil(jpegs, size)
+    images = decode_frames(jpegs, size, decoder="torchvision")
+    out = np.empty((len(images), *images[0].shape[1:], 3), dtype=np.uint8)
+    for k, img in enumerate(images):
+        out[k] = img.numpy().transpose(1, 2, 0)
+    return out
+
+
+def decode_frames(
+    jpegs: Sequence[bytes | memoryview | np.ndarray],
+    size: tuple[int, int] | None = None,
+    decoder: str = "auto",
+) -> list:
+    """Decode JPEGs into one uint8 (3, H, W) RGB tensor per frame, resized if asked (as :func:`decode_jpegs`).
+
+    The frames are the decoder's own output, not copied into one array: the training loader's collate
+    function stacks a batch's frames once (:func:`comedian.data.clips.collate_samples`).
+    """
     import torch
+
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if decoder == "auto":
+        decoder = "torchvision" if _torchvision_decodes_jpeg() else "pil"
+    if decoder == "pil":
+        return [torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1))) for f in _decode_pil(jpegs, size)]
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2.functional import resize
 
@@ -594,13 +616,10 @@ def decode_jpegs(
     with warnings.catch_warnings():  # the deprecation notice of torchvision 0.29 (see above)
         warnings.simplefilter("ignore", DeprecationWarning)
         images = decode_jpeg(tensors, mode=ImageReadMode.RGB)  # N x (3, H, W)
-    h, w = size if size is not None else images[0].shape[1:]
-    out = np.empty((len(images), 3, h, w) if channels_first else (len(images), h, w, 3), dtype=np.uint8)
-    for k, img in enumerate(images):
-        if tuple(img.shape[1:]) != (h, w):
-            img = resize(img, [h, w], antialias=True)
-        out[k] = img.numpy() if channels_first else img.numpy().transpose(1, 2, 0)
-    return out
+    if size is None:
+        return images
+    return [img if tuple(img.shape[1:]) == tuple(size) else resize(img, list(size), antialias=True)
+            for img in images]
 
 
 _FORKED = False
