@@ -104,7 +104,7 @@ def datasets(frames_dir: Path, decode: str, worker_resize: bool) -> dict[str, An
 def sample_frames(dataset: Any, index: int) -> tuple[int, int, int]:
     """(half index, start frame, frames) that sample ``(0, index)`` reads."""
     if isinstance(dataset, SubVideoPairs):
-        half, start = dataset.starts[index]
+        half, start = dataset.subvideos(0)[index]
         return int(half), int(start), dataset.frames
     half, start = dataset.windows(0)[index]
     return int(half), int(start), dataset.window_frames
