@@ -593,7 +593,7 @@ def test_no_token_is_masked_while_the_trunk_is_frozen():
     masks = []
     forward = model.forward
     model.forward = lambda clip, mask=None: (masks.append(mask), forward(clip, mask))[1]
-    batch = {"clip": torch.zeros(2, 8, 32, 32, 3, dtype=torch.uint8), "key": torch.tensor([[0, 0], [0, 1]]),
+    batch = {"clip": torch.zeros(2, 8, 3, 32, 32), "key": torch.tensor([[0, 0], [0, 1]]),  # a prepared batch
              "targets": torch.zeros(2, 4, 3)}
     module.start_phase(Phase("head", 1, 1e-3, trunk_frozen=True))
     module.forward(batch)
