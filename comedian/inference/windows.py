@@ -55,9 +55,7 @@ from comedian.data.targets import token_times_s
 from comedian.errors import InputError
 from comedian.preprocess import INPUT_MEAN, INPUT_STD, frames_to_input  # re-exported: inference reads them here
 
-if TYPE_CHECKING:  # torch is imported where it is used
-    import torch
-
+if TYPE_CHECKING:
     from comedian.data.frames import PackedFrames
 
 __all__ = [
