@@ -28,6 +28,8 @@ STAGES: dict[str, str] = {
     "report": "comedian.report",
     "spot": "comedian.spot",
     "tracking-server": "comedian.tracking",
+    "table": "comedian.tables",
+    "experiments": "comedian.experiments",
 }
 
 

@@ -75,7 +75,8 @@ def test_shipped_config_runs_end_to_end(tree, tmp_path, name):
     assert proc.returncode == 0, proc.stderr[-3000:] + logs
 
     model = shipped["model"]
-    checkpoint = read_checkpoint(tmp_path / "results" / "checkpoints" / "finetune_seed0.pt")
+    products = json.loads((tmp_path / "results" / "manifest.json").read_text())["products"]
+    checkpoint = read_checkpoint(tmp_path / products["finetune"]["folder"] / "seed0.pt")
     arch = checkpoint["arch"]
     assert arch["name"] == model["arch"] and arch["config"]["frames"] == model["frames"]
     assert arch["config"]["size"] == model.get("size", arch["config"]["size"])
@@ -89,4 +90,5 @@ def test_shipped_config_runs_end_to_end(tree, tmp_path, name):
             for values in by_metric.values():
                 assert 0.0 <= values["a_mAP"] <= 1.0 and math.isfinite(values["seed_mean"]["a_mAP"])
     if "challenge" in shipped["dataset"]["splits"]:
-        assert (tmp_path / "results" / "submissions" / "ensemble" / "challenge.zip").stat().st_size > 0
+        zips = tmp_path / "results" / "submissions" / products["postprocess/ensemble"]["key"]
+        assert (zips / "ensemble" / "challenge.zip").stat().st_size > 0

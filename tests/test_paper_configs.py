@@ -105,3 +105,20 @@ def test_dry_run_hands_every_job_exactly_the_configs_values(workdir, name):
     assert evaluated == {(m, s, k) for m in models for s in want["evaluate"]["splits"] for k in want["evaluate"]["metrics"]}
     if "challenge" in want["dataset"]["splits"]:
         assert any(flag(w, "--zip").endswith("ensemble/challenge.zip") for w in stages["postprocess"])
+
+
+@pytest.mark.slow
+def test_paper_table8_shares_everything_up_to_inference(workdir):
+    """Table 8's three rows on the full split lists: one chain of steps 1-3 per seed (Table 6's best), two
+    inferences per seed (6 s and 12 s ignored) and three post-processings per model."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
+           "-n", "--workflow-profile", "none", "--configfile", "config/paper/ablation.yaml", "root.yaml", "--",
+           "results/tables/table8.csv"]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stats = proc.stdout.split("Job stats:")[1].split("\n\n")[0]
+    jobs = {words[0]: int(words[1]) for words in map(str.split, stats.splitlines())
+            if len(words) == 2 and words[1].isdigit()}
+    assert {k: jobs[k] for k in ("pretrain_spatial", "pretrain_temporal", "finetune", "predict")} == {
+        "pretrain_spatial": 3, "pretrain_temporal": 3, "finetune": 3, "predict": 6}
+    assert jobs["ensemble"] == 2 and jobs["postprocess"] == 3 * (3 + 1) and jobs["table"] == 1

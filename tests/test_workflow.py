@@ -1,9 +1,10 @@
 """The Snakemake DAG on a tiny demo config: it runs, it is incremental, config and code changes rerun
-exactly the rules that use them.
+exactly the rules that use them; experiments share every common product and tables read their metrics.
 
 The workflow runs from a copy of the checkout (package + workflow) so that the tests can edit code.
 """
 
+import csv
 import json
 import os
 import re
@@ -36,6 +37,26 @@ TINY = {
                  "ignore_s": 2},
     "predict": {"batch_size": 4, "ignore_s": 2},
     "tracking": {"experiment": "workflow-test"},
+    # The demo's table8 and table5 at this scale (8-s windows: at most 3 s ignored at each edge).
+    "experiments": {
+        "hard_2_5": {"postprocess": {"nms": "hard", "window_s": 5}},
+        "hard_3_3": {"predict": {"ignore_s": 3}, "postprocess": {"nms": "hard", "window_s": 3}},
+        "soft_3_10": {"predict": {"ignore_s": 3}, "postprocess": {"nms": "soft", "window_s": 10}},
+        "scratch": {"finetune": {"init": "scratch"}},
+        "step_1_only": {"finetune": {"init": "pretrain_spatial"}},
+        "step_2_only": {"pretrain_temporal": {"init": "scratch"}},
+    },
+    "tables": {
+        "table8": {"caption": "NMS", "rows": [
+            {"label": "hard 2 5", "experiment": "hard_2_5", "split": "test", "paper": 66.6},
+            {"label": "hard 3 3", "experiment": "hard_3_3", "split": "test", "paper": 67.1},
+            {"label": "soft 3 10", "experiment": "soft_3_10", "split": "test", "paper": 68.0, "ensemble": True}]},
+        "table5": {"caption": "steps", "rows": [
+            {"label": "scratch", "experiment": "scratch", "split": "test", "paper": 48.1},
+            {"label": "step 1", "experiment": "step_1_only", "split": "test", "paper": 54.7},
+            {"label": "step 2", "experiment": "step_2_only", "split": "test", "paper": 60.0},
+            {"label": "steps 1 + 2", "split": "test", "metric": "loose", "paper": 64.7}]},
+    },
 }
 
 
@@ -77,16 +98,26 @@ def finished(tmp_path_factory):
     return workdir
 
 
+def manifest(workdir, view="results"):
+    """role -> product (stage, key, folder, settings, inputs) of an experiment's manifest.json."""
+    return json.loads((workdir / view / "manifest.json").read_text())["products"]
+
+
+def product_file(workdir, role, name):
+    return str(Path(manifest(workdir)[role]["folder"]) / name)
+
+
 # Per split: postprocess and evaluate run for each seed's model and for their ensemble (one seed here).
+# A settings change gives new keyed products, so the default's manifest is rewritten with them.
 AFTER_FINETUNE = {"predict": 1, "ensemble": 1, "postprocess": 2, "evaluate": 4, "report": 1, "all": 1}
-DOWNSTREAM_OF_PCA = {"pca": 1, "pretrain_temporal": 1, "finetune": 1, **AFTER_FINETUNE}
+DOWNSTREAM_OF_PCA = {"pca": 1, "pretrain_temporal": 1, "finetune": 1, **AFTER_FINETUNE, "manifest": 1}
 
 
 @pytest.mark.slow
 def test_whole_dag_runs(finished):
-    frames = sorted((finished / "results" / "frames").glob("*/*.h5"))
+    frames = sorted((finished / "results" / "frames").glob("*/*/*.h5"))
     assert len(frames) == 3 * 2
-    with h5py.File(finished / "results" / "features" / "baidu_pca.h5") as h5:
+    with h5py.File(finished / product_file(finished, "pca", "baidu_pca.h5")) as h5:
         assert h5["components"].shape == (16, 8576)
         assert len(h5["halves"]) == 3
     metrics = json.loads((finished / "results" / "metrics.json").read_text())
@@ -97,12 +128,19 @@ def test_whole_dag_runs(finished):
     # one seed: its model is the ensemble's only member, so the two score alike
     assert list(tight["seeds"]) == ["0"] and tight["seeds"]["0"]["a_mAP"] == pytest.approx(tight["a_mAP"], abs=1e-12)
     assert tight["seed_mean"]["a_mAP"] == tight["seeds"]["0"]["a_mAP"] and tight["seed_std"]["a_mAP"] == 0.0
+    products = manifest(finished)
+    step1, step2, step3 = (products[s]["key"] for s in ("pretrain_spatial", "pretrain_temporal", "finetune"))
     for path in ["results/report/ap_table.html", "results/report/pr_curves.png",
-                 "results/submissions/ensemble/test.zip", "results/submissions/seed0/test.zip",
-                 "results/checkpoints/pretrain_spatial_seed0.pt", "results/checkpoints/pretrain_temporal_seed0.pt",
-                 "logs/demo_data.log", "logs/finetune/seed0.log", "benchmarks/pca.tsv"]:
+                 product_file(finished, "postprocess/ensemble", "ensemble/test.zip").replace("predictions", "submissions"),
+                 product_file(finished, "postprocess/seed", "seed0/test.zip").replace("predictions", "submissions"),
+                 product_file(finished, "pretrain_spatial", "seed0.pt"), product_file(finished, "pretrain_temporal", "seed0.pt"),
+                 "logs/demo_data.log", f"logs/finetune/{step3}/seed0.log", f"benchmarks/pca/{products['pca']['key']}.tsv"]:
         assert (finished / path).is_file(), path
-    assert list((finished / "results" / "predictions" / "ensemble" / "test").glob("*/*/*/results_spotting.json"))
+    # the chain: step 2 starts from step 1's product, step 3 from step 2's, inference runs step 3's
+    assert products["pretrain_temporal"]["inputs"]["init"] == step1 and products["finetune"]["inputs"]["init"] == step2
+    assert products["predict"]["inputs"]["checkpoint"] == step3
+    predictions = finished / product_file(finished, "postprocess/ensemble", "ensemble/test")
+    assert list(predictions.glob("*/*/*/results_spotting.json"))
 
 
 @pytest.mark.slow
@@ -138,7 +176,7 @@ def jobs_with(workdir, **sections):
 def test_config_change_reruns_exactly_the_rules_that_use_it(finished):
     assert jobs_with(finished, pca={"dims": 8}) == DOWNSTREAM_OF_PCA
     assert jobs_with(finished, postprocess={"nms": "hard"}) == {"postprocess": 2, "evaluate": 4, "report": 1,
-                                                                "all": 1}
+                                                                "manifest": 1, "all": 1}
     everything = {k: v for k, v in planned_jobs(finished, "--forceall").items() if k != "demo_data"}
     assert jobs_with(finished, extract={"fps": 2.0, "quality": 4}) == everything
     assert jobs_with(finished, tracking={"experiment": "another"}) == {}
@@ -173,7 +211,7 @@ def test_edited_labels_rerun_exactly_the_rules_that_read_them(finished):
             path.write_text(original)
             os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
-    assert jobs_after_cutting("test") == {"evaluate": 4, "report": 1, "all": 1}
+    assert jobs_after_cutting("test") == {"evaluate": 4, "report": 1, "all": 1}  # same keys: no new manifest
     assert jobs_after_cutting("train") == {"finetune": 1, **AFTER_FINETUNE}
     assert planned_jobs(finished) == {}
 
@@ -181,9 +219,12 @@ def test_edited_labels_rerun_exactly_the_rules_that_read_them(finished):
 @pytest.mark.slow
 def test_seeds_run_every_step_unless_pretraining_is_shared(finished):
     per_seed = {"pretrain_spatial": 1, "pretrain_temporal": 1, "finetune": 1, "predict": 1, "ensemble": 1,
-                "postprocess": 2, "evaluate": 4, "report": 1, "all": 1}  # seed 1's chain; the ensemble's again
+                "postprocess": 2, "evaluate": 4, "report": 1, "manifest": 1, "all": 1}  # seed 1's chain; the ensemble's
     assert jobs_with(finished, seeds=[0, 1]) == per_seed
-    shared = {k: v for k, v in per_seed.items() if not k.startswith("pretrain")}
+    # Shared: no pretraining job; every seed's fine-tuning (seed 0's too) is a new product, whose key records
+    # that it starts from seed 0's steps 1-2, and so is all that follows it.
+    shared = {"finetune": 2, "predict": 2, "ensemble": 1, "postprocess": 3, "evaluate": 6, "report": 1,
+              "manifest": 1, "all": 1}
     assert jobs_with(finished, seeds=[0, 1], share_pretraining=True) == shared
 
 
@@ -207,14 +248,14 @@ def test_code_change_reruns_only_the_stage_that_runs_it(finished):
     assert jobs_after(tracking, original[tracking] + "\nUNUSED = 1\n") == {}  # bookkeeping
     assert jobs_after(report, original[report] + "\nUNUSED = 1\n") == {"report": 1, "all": 1}
     # NMS code is also fine-tuning's (its validation spots events), so fine-tuning reruns with it.
-    assert jobs_after(nms, original[nms] + "\nUNUSED = 1\n") == {"finetune": 1, **AFTER_FINETUNE}
+    assert jobs_after(nms, original[nms] + "\nUNUSED = 1\n") == {"finetune": 1, **AFTER_FINETUNE, "manifest": 1}
 
 
 @pytest.mark.slow
 def test_training_with_several_gpus_runs_through_torchrun(finished):
     def command(gpus):
         out = snakemake(finished, "-n", "-p", "--forcerun", "finetune", "--set-resources",
-                        f"finetune:gpu={gpus}", "--", "results/checkpoints/finetune_seed0.pt").stdout
+                        f"finetune:gpu={gpus}", "--", product_file(finished, "finetune", "seed0.pt")).stdout
         line = next(line for line in out.splitlines() if "comedian finetune" in line)
         return line.split("Shell command:")[-1].strip()
 
@@ -231,3 +272,95 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "pca: Additional properties are not allowed ('whiten' was unexpected)" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+TRAINING = {"extract", "pca", "pretrain_spatial", "pretrain_temporal", "finetune"}
+
+
+@pytest.mark.slow
+def test_table8_runs_only_inference_and_postprocessing(finished):
+    # hard_2_5 shares the default's inference; the two others share one inference (3 s ignored)
+    assert planned_jobs(finished, "results/tables/table8.csv") == {
+        "predict": 1, "ensemble": 1, "postprocess": 6, "evaluate": 12, "report": 3, "manifest": 3, "table": 1}
+
+
+@pytest.mark.slow
+def test_table5_reuses_the_data_and_step_1(finished):
+    jobs = planned_jobs(finished, "results/tables/table5.csv")
+    assert not {"extract", "pca", "pretrain_spatial"} & set(jobs)  # step 1 of the default is step 1 only's too
+    assert jobs["finetune"] == 3 and jobs["pretrain_temporal"] == 1  # scratch, step 1 only, step 2 only
+
+
+@pytest.mark.slow
+def test_a_built_table_leaves_the_default_untouched_and_reads_its_metrics_files(finished):
+    default_metrics = (finished / "results" / "metrics.json").read_bytes()
+    snakemake(finished, "--cores", "2", "results/tables/table8.csv")
+    assert planned_jobs(finished) == {}
+    assert (finished / "results" / "metrics.json").read_bytes() == default_metrics
+    assert planned_jobs(finished, "results/tables/table8.csv") == {}
+    with open(finished / "results" / "tables" / "table8.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["label"] for r in rows] == [r["label"] for r in TINY["tables"]["table8"]["rows"]]
+    for row, spec in zip(rows, TINY["tables"]["table8"]["rows"]):
+        assert row["source"] == f"results/experiments/{spec['experiment']}/metrics.json"
+        tight = json.loads((finished / row["source"]).read_text())["test"]["tight"]
+        assert float(row["paper"]) == spec["paper"]
+        assert float(row["ours_mean"]) == pytest.approx(100 * tight["seed_mean"]["a_mAP"], abs=1e-9)
+        assert float(row["ours_std"]) == pytest.approx(100 * tight["seed_std"]["a_mAP"], abs=1e-9)
+        assert row["seeds"] == "0"
+        assert float(row["ours_seeds"]) == pytest.approx(100 * tight["seeds"]["0"]["a_mAP"], abs=1e-9)
+        if spec.get("ensemble"):
+            assert float(row["ours_ensemble"]) == pytest.approx(100 * tight["a_mAP"], abs=1e-9)
+        else:
+            assert row["ours_ensemble"] == ""
+        # the experiment's metrics are its own keyed evaluation's, as its manifest says
+        evaluated = manifest(finished, f"results/experiments/{spec['experiment']}")["evaluate/seed"]["folder"]
+        seed_file = json.loads((finished / evaluated / "seed0" / "test_tight.json").read_text())
+        assert seed_file["a_mAP"] == tight["seeds"]["0"]["a_mAP"]
+    markdown = (finished / "results" / "tables" / "table8.md").read_text()
+    assert markdown.startswith("## table8\n\nNMS\n") and len(markdown.strip().splitlines()) == 6 + 3  # heading, caption, header, rule, rows
+    # hard_2_5 differs from the default in NMS only: the very same inference, other spots
+    default, hard = manifest(finished), manifest(finished, "results/experiments/hard_2_5")
+    assert default["ensemble"]["key"] == hard["ensemble"]["key"]
+    assert default["postprocess/ensemble"]["key"] != hard["postprocess/ensemble"]["key"]
+
+
+@pytest.mark.slow
+def test_switching_a_setting_back_reruns_no_stage(finished):
+    """The default set to an experiment's NMS: its products exist already, only its view is rewritten;
+    set back: the same, its own products are still there."""
+    snakemake(finished, "--cores", "2", "results/experiments/hard_2_5/metrics.json")
+    hard = {"nms": "hard", "window_s": 5}
+    assert jobs_with(finished, postprocess=hard) == {"report": 1, "manifest": 1, "all": 1}
+    write_config(finished, dict(TINY, postprocess=hard))
+    try:
+        snakemake(finished, "--cores", "2")
+    finally:
+        write_config(finished, TINY)
+    assert planned_jobs(finished) == {"report": 1, "manifest": 1, "all": 1}  # back: nothing but the view
+    snakemake(finished, "--cores", "2")
+    assert planned_jobs(finished) == {}
+
+
+@pytest.mark.slow
+def test_experiments_listing_and_unused_products(finished):
+    def experiments(*args):
+        proc = subprocess.run([sys.executable, "-m", "comedian", "experiments", *args], cwd=finished,
+                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(finished / "checkout")))
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    listing = experiments("config/config.yaml")
+    assert "hard_2_5  (view: results/experiments/hard_2_5/" in listing
+    ensemble = manifest(finished)["ensemble"]["key"]
+    assert re.search(rf"ensemble +{ensemble}  exists .*shared with hard_2_5", listing)
+    assert experiments("config/config.yaml", "--unused") == ""
+    # without its NMS experiments, their post-processing and scores are left over (listed, not removed)
+    lean = dict(TINY, experiments={k: v for k, v in TINY["experiments"].items() if not k.startswith(("hard", "soft"))},
+                tables={"table5": TINY["tables"]["table5"]})
+    (finished / "lean.yaml").write_text(yaml.safe_dump(lean))
+    unused = experiments("lean.yaml", "--unused").split()
+    hard = manifest(finished, "results/experiments/hard_2_5")
+    assert hard["postprocess/seed"]["folder"] in unused and hard["evaluate/ensemble"]["folder"] in unused
+    assert not any(p["folder"] in unused for p in manifest(finished).values())
+    assert all((finished / folder).exists() for folder in unused if folder.startswith("results/"))

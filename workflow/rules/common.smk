@@ -1,4 +1,5 @@
-# Config validation and the small helpers that compute inputs. Rules hold no path arithmetic.
+# Config validation, the plan of experiments and products, and the small helpers that compute inputs.
+# Rules hold no path arithmetic.
 import json
 import os
 import re
@@ -9,15 +10,22 @@ from comedian.cli import STAGES, export_checkout
 from comedian.codehash import stage_code_hash
 
 from comedian import config as comedian_config
+from comedian import experiments
 from comedian.data import soccernet
 from comedian.errors import InputError
 
 # Validate before any job starts; errors name the config file(s) and the field.
-comedian_config.validate(config, " + ".join(str(f) for f in workflow.configfiles) or "config")
+SOURCE = " + ".join(str(f) for f in workflow.configfiles) or "config"
+comedian_config.validate(config, SOURCE)
+# Every experiment (the base is `default`) and every product they use, by key (comedian/experiments.py):
+# rules make keyed products, so experiments whose settings agree upstream share the very same jobs.
+EXPERIMENTS = experiments.plan(config, SOURCE)
+PRODUCTS = experiments.registry(EXPERIMENTS)
+PATHS = experiments.TEMPLATES
+VIEWS = {experiment.view(): experiment for experiment in EXPERIMENTS.values()}
 
 SPLITS = [s for s in ("train", "valid", "test", "challenge") if s in config["dataset"]["splits"]]
 DATA_ROOT = config["dataset"]["root"]
-SEEDS = config["seeds"]
 LABELLED = ("train", "valid", "test")  # the challenge split has no labels
 
 
@@ -36,6 +44,9 @@ SLUGS = soccernet.slug_table([g for s in SPLITS for g in GAMES[s]])  # slug -> g
 
 
 wildcard_constraints:
+    key=experiments.KEY,
+    view=r"results(/experiments/[A-Za-z0-9_-]+)?",
+    table=r"[A-Za-z0-9_-]+",
     game=r"[A-Za-z0-9._\-]+",
     half=r"[12]",
     split=r"train|valid|test|challenge",
@@ -47,8 +58,27 @@ def video(wildcards):
     return str(soccernet.video_path(DATA_ROOT, SLUGS[wildcards.game], int(wildcards.half)))
 
 
-def all_frames(splits=SPLITS):
-    return [f"results/frames/{soccernet.game_slug(g)}/{h}.h5" for s in splits for g in GAMES[s] for h in soccernet.HALVES]
+def product(wildcards):
+    """The keyed product a job makes (its settings and inputs: comedian.experiments.Product)."""
+    try:
+        return PRODUCTS[wildcards.key]
+    except KeyError:
+        raise InputError(f"{SOURCE}: no experiment of the config makes a product with key {wildcards.key}") from None
+
+
+def experiment(wildcards):
+    """The experiment whose view folder a job writes (results/ or results/experiments/<name>/)."""
+    try:
+        return VIEWS[wildcards.view]
+    except KeyError:
+        raise InputError(f"{SOURCE}: {wildcards.view}/ is no experiment's view (declared: "
+                         f"{', '.join(VIEWS)})") from None
+
+
+def all_frames(key, splits=SPLITS):
+    """The packed frames of every half of the splits, as extracted by the product ``key``."""
+    return [PATHS["extract"].format(key=key, game=soccernet.game_slug(g), half=h)
+            for s in splits for g in GAMES[s] for h in soccernet.HALVES]
 
 
 def baidu_files(splits=SPLITS):
@@ -76,7 +106,8 @@ def demo_outputs():
 
 
 def code(stage):
-    """Hash of the code behind `comedian <stage>`: editing it reruns the rule (comedian/codehash.py)."""
+    """Hash of the code behind `comedian <stage>`: editing it reruns the rule (comedian/codehash.py). Keyed
+    products need none: the hash is part of their key."""
     return stage_code_hash(STAGES[stage])
 
 
@@ -86,8 +117,21 @@ def data_root(wildcards, input=None, output=None):
 
 
 def frames_dir(wildcards, input=None):
-    """Where the packed frames of every half live: results/frames/<slug>/<half>.h5."""
-    return "results/frames"
+    """Where the packed frames of every half a job reads live: results/frames/<key>/<slug>/<half>.h5."""
+    return PRODUCTS[product(wildcards).inputs["frames"]].folder()
+
+
+def setting(section, name):
+    """A params function: one setting of the job's product."""
+    return lambda wildcards: product(wildcards).settings[section][name]
+
+
+def pca_frames(wildcards):
+    return all_frames(product(wildcards).inputs["frames"])
+
+
+def spatial_frames(wildcards):
+    return all_frames(product(wildcards).inputs["frames"], ["train"])
 
 
 def split_flags(wildcards, input):
@@ -109,8 +153,9 @@ def splits_dir(wildcards, output):
     return dirs.pop()
 
 
-def ffmpeg_flag():
-    return f"--ffmpeg {config['extract']['ffmpeg']}" if config["extract"]["ffmpeg"] else ""
+def ffmpeg_flag(wildcards):
+    ffmpeg = product(wildcards).settings["extract"]["ffmpeg"]
+    return f"--ffmpeg {ffmpeg}" if ffmpeg else ""
 
 
 def split_list(split):
@@ -123,33 +168,44 @@ def split_list_of(wildcards):
 
 def split_frames(wildcards):
     """The packed frames of every half of a split."""
-    return all_frames([wildcards.split])
+    return all_frames(product(wildcards).inputs["frames"], [wildcards.split])
+
+
+def seed_checkpoint(wildcards):
+    """The fine-tuned model of a seed that inference runs."""
+    return PATHS["finetune"].format(key=product(wildcards).inputs["checkpoint"], seed=wildcards.seed)
 
 
 def seed_scores(wildcards):
     """One model's raw scores per seed, for the ensemble."""
-    return [f"results/scores/seed{seed}/{wildcards.split}.h5" for seed in SEEDS]
+    ensemble = product(wildcards)
+    return [PATHS["predict"].format(key=ensemble.inputs["scores"], seed=seed, split=wildcards.split)
+            for seed in ensemble.settings["seeds"]]
 
 
-def pretrain_seed(seed):
-    """The seed of the steps 1-2 a seed's chain starts from: its own (the paper), or the first seed's with
-    ``share_pretraining``."""
-    return SEEDS[0] if config["share_pretraining"] else int(seed)
+def model_scores(wildcards):
+    """The raw scores NMS reads: the ensemble's or one seed's, as the product's input says."""
+    scores = PRODUCTS[product(wildcards).inputs["scores"]]
+    if (scores.stage == "ensemble") != (wildcards.model == "ensemble"):
+        raise InputError(f"{SOURCE}: product {wildcards.key} post-processes {scores.stage} scores, not {wildcards.model}'s")
+    if scores.stage == "ensemble":
+        return PATHS["ensemble"].format(key=scores.key, split=wildcards.split)
+    return PATHS["predict"].format(key=scores.key, seed=wildcards.model[len("seed"):], split=wildcards.split)
 
 
-def window_flag():
-    window = config["predict"]["window_frames"]
+def model_predictions(wildcards):
+    """The spots a model's t-AmAP is computed on."""
+    return PATHS["postprocess"].format(key=product(wildcards).inputs["predictions"], model=wildcards.model,
+                                       split=wildcards.split)
+
+
+def window_flag(wildcards):
+    window = product(wildcards).settings["predict"]["window_frames"]
     return f"--window-frames {window}" if window is not None else ""
 
 
 def class_flags():
     return "--classes " + " ".join(shlex.quote(c) for c in config["dataset"]["classes"])
-
-
-def metric_files(model):
-    """results/metrics/<model>/<split>_<metric>.json for every evaluated split and metric of one model."""
-    return [f"results/metrics/{model}/{s}_{m}.json" for s in config["evaluate"]["splits"]
-            for m in config["evaluate"]["metrics"]]
 
 
 def metric_flags(wildcards, input):
@@ -163,14 +219,70 @@ def metric_flags(wildcards, input):
     return " ".join(flags)
 
 
+def report_inputs(wildcards):
+    """An experiment's report: its manifest (so that a view is never without it), its metric files (the
+    ensemble's, each seed's), and the ensemble's spots, scores, games and labels of the report split."""
+    ex = experiment(wildcards)
+    if not ex.config["evaluate"]["splits"]:
+        raise InputError(f"{SOURCE}: experiment {ex.name!r} scores no split (evaluate.splits): it has no metrics.json")
+    split = ex.config["report"]["split"]
+    return {"manifest": f"{ex.view()}/manifest.json", "metrics": ex.metric_files("ensemble"),
+            "seed_metrics": [f for seed in ex.config["seeds"] for f in ex.metric_files(f"seed{seed}")],
+            "predictions": ex.predictions("ensemble", split), "scores": ex.scores("ensemble", split),
+            "games": split_list(split), "labels": labels_files([split])}
+
+
+def report_setting(name):
+    """A params function: one setting of the report section of the view's experiment."""
+    return lambda wildcards: experiment(wildcards).config["report"][name]
+
+
+def manifest_json(wildcards):
+    """The view's manifest (every product of the experiment, its key and settings) as canonical JSON."""
+    return canonical(experiment(wildcards).manifest())
+
+
+def table_spec(wildcards):
+    try:
+        return config["tables"][wildcards.table]
+    except KeyError:
+        raise InputError(f"{SOURCE}: tables: no table {wildcards.table!r} (declared: "
+                         f"{', '.join(config['tables']) or 'none'})") from None
+
+
+def table_json(wildcards):
+    return canonical(table_spec(wildcards))
+
+
+def table_inputs(wildcards):
+    """A table's sources: the metrics.json of each experiment a scored row names, the submission zips of
+    its challenge rows."""
+    rows = table_spec(wildcards)["rows"]
+    scored = [r["experiment"] for r in rows if r["split"] != "challenge"]
+    zips = [EXPERIMENTS[r["experiment"]].submission(m, "challenge") for r in rows if r["split"] == "challenge"
+            for m in (["ensemble"] if r["ensemble"] else EXPERIMENTS[r["experiment"]].models()[:-1])]
+    return {"metrics": [f"{EXPERIMENTS[e].view()}/metrics.json" for e in dict.fromkeys(scored)],
+            "submissions": list(dict.fromkeys(zips))}
+
+
+def table_flags(wildcards, input):
+    """``--metrics EXPERIMENT FILE`` per scored experiment, ``--submission EXPERIMENT FILE`` per zip."""
+    views = {f"{e.view()}/metrics.json": e.name for e in EXPERIMENTS.values()}
+    flags = [f"--metrics {views[p]} {p}" for p in input.metrics]
+    owners = {e.submission(m, "challenge"): e.name for e in EXPERIMENTS.values() if "challenge" in SPLITS
+              for m in e.models()}
+    flags += [f"--submission {owners[p]} {p}" for p in input.submissions]
+    return " ".join(flags)
+
+
 def split_labels(wildcards):
     """The labels of every game of a split."""
     return labels_files([wildcards.split])
 
 
 def section_json(name):
-    """A config section as one JSON argument: the stage reads it, and a change reruns the rule."""
-    return canonical(config[name])
+    """A params function: a section of the job's product settings as one JSON argument (the stage reads it)."""
+    return lambda wildcards: canonical(product(wildcards).settings[name])
 
 
 def classes_json():
@@ -244,35 +356,39 @@ def torch_threads(wildcards, threads, resources):
     return max(1, rank_cores(threads, resources) - loader_workers(wildcards, threads, resources))
 
 
-def temporal_init(wildcards):
-    """Step 2 starts from step 1's spatial weights of the same seed, or from scratch (pretrain_temporal.init)."""
-    if config["pretrain_temporal"]["init"] == "pretrain_spatial":
-        return {"init": f"results/checkpoints/pretrain_spatial_seed{wildcards.seed}.pt"}
-    return {}
+def temporal_inputs(wildcards):
+    """Step 2's inputs: the frames and split lists of its training splits, the teacher bank (the PCA's, or
+    pca.bank_file), and step 1's weights of the same seed unless it starts from scratch."""
+    step = product(wildcards)
+    splits = step.settings["pretrain_temporal"]["train_splits"]
+    bank = step.inputs["bank"]
+    files = {"frames": all_frames(step.inputs["frames"], splits), "train": [split_list(s) for s in splits],
+             "bank": bank["file"] if isinstance(bank, dict) else PATHS["pca"].format(key=bank)}
+    if step.inputs["init"] is not None:
+        files["init"] = PATHS["pretrain_spatial"].format(key=step.inputs["init"], seed=wildcards.seed)
+    return files
 
 
-def finetune_init(wildcards):
-    """Step 3 starts from step 2, from step 1 only, or from scratch (finetune.init): Table 5's rows."""
-    step = config["finetune"]["init"]
-    if step == "scratch":
-        return {}
-    return {"init": f"results/checkpoints/{step}_seed{pretrain_seed(wildcards.seed)}.pt"}
+def finetune_validates(settings):
+    return settings["validate_every"] > 0 or settings["head_validate_every"] > 0
 
 
-def finetune_validates():
-    return config["finetune"]["validate_every"] > 0 or config["finetune"]["head_validate_every"] > 0
-
-
-def finetune_data(wildcards):
-    """Fine-tuning's inputs: the frames and labels of its training splits (and of valid when it
-    validates), and their split lists."""
-    splits = list(config["finetune"]["train_splits"])
+def finetune_inputs(wildcards):
+    """Fine-tuning's inputs: the weights it starts from (step 2's, step 1's or none: finetune.init, of the
+    same seed or of the first with share_pretraining), the frames and labels of its training splits (and
+    of valid when it validates), and their split lists."""
+    step = product(wildcards)
+    settings = step.settings["finetune"]
+    splits = list(settings["train_splits"])
     files = {"train": [split_list(s) for s in splits]}
-    if finetune_validates():
+    if finetune_validates(settings):
         files["valid"] = split_list("valid")
         splits = list(dict.fromkeys(splits + ["valid"]))
-    files["frames"] = all_frames(splits)
+    files["frames"] = all_frames(step.inputs["frames"], splits)
     files["labels"] = labels_files(splits)
+    if step.inputs["init"] is not None:
+        seed = step.settings["init_seed"] if step.settings["init_seed"] is not None else wildcards.seed
+        files["init"] = PATHS[settings["init"]].format(key=step.inputs["init"], seed=seed)
     return files
 
 
@@ -285,12 +401,13 @@ def init_flag(wildcards, input):
 
 
 def final_targets():
-    """What `snakemake` builds by default: metrics.json and the report (when a split is evaluated), and the
-    challenge submission of the ensemble."""
+    """What `snakemake` builds by default, the experiment `default`: metrics.json and the report (when a
+    split is evaluated), the challenge submission of the ensemble, and results/manifest.json."""
+    default = EXPERIMENTS[experiments.DEFAULT]
     targets = ["results/metrics.json"] if config["evaluate"]["splits"] else []
     if "challenge" in SPLITS:
-        targets.append("results/submissions/ensemble/challenge.zip")
-    return targets
+        targets.append(default.submission("ensemble", "challenge"))
+    return targets + ["results/manifest.json"]
 
 
 # Rules call `python -m comedian`, which finds this checkout in any environment (--sdm conda too).

@@ -32,18 +32,17 @@ rule extract:
     input:
         video,
     output:
-        "results/frames/{game}/{half}.h5",
+        PATHS["extract"],
     params:
-        code=code("extract"),
-        fps=config["extract"]["fps"],
-        quality=config["extract"]["quality"],
-        ffmpeg=ffmpeg_flag(),
+        fps=setting("extract", "fps"),
+        quality=setting("extract", "quality"),
+        ffmpeg=ffmpeg_flag,
     group:
         "extract"
     log:
-        "logs/extract/{game}_{half}.log",
+        "logs/extract/{key}/{game}_{half}.log",
     benchmark:
-        "benchmarks/extract/{game}_{half}.tsv"
+        "benchmarks/extract/{key}/{game}_{half}.tsv"
     conda:
         "../../envs/comedian.yaml"
     shell:
@@ -54,25 +53,24 @@ rule extract:
 rule pca:
     input:
         features=baidu_files(),
-        frames=all_frames(),
+        frames=pca_frames,
         train=split_list("train"),
         others=[split_list(s) for s in SPLITS if s != "train"],
     output:
-        "results/features/baidu_pca.h5",
+        PATHS["pca"],
     params:
-        code=code("pca"),
         root=data_root,
         others=split_flags,
         frames_dir=frames_dir,
-        dims=config["pca"]["dims"],
-        feature_dim=config["pca"]["feature_dim"],
-        tolerance=config["pca"]["length_tolerance_s"],
+        dims=setting("pca", "dims"),
+        feature_dim=setting("pca", "feature_dim"),
+        tolerance=setting("pca", "length_tolerance_s"),
     resources:
         mem_mb=4000,
     log:
-        "logs/pca.log",
+        "logs/pca/{key}.log",
     benchmark:
-        "benchmarks/pca.tsv"
+        "benchmarks/pca/{key}.tsv"
     conda:
         "../../envs/comedian.yaml"
     shell:

@@ -1,24 +1,24 @@
 # Evaluation: the official t-AmAP of each model (every seed's, and their ensemble), labelled split and
-# metric, then metrics.json (per seed, mean, std, ensemble) and the report.
+# metric; then each experiment's view (metrics.json per seed, mean, std, ensemble; the report; the
+# manifest of its products) and the tables of results beside the paper's figures.
 
 
 rule evaluate:
     input:
-        predictions="results/predictions/{model}/{split}",
+        predictions=model_predictions,
         games=split_list_of,
         labels=split_labels,
     output:
-        "results/metrics/{model}/{split}_{metric}.json",
+        PATHS["evaluate"],
     params:
-        code=code("evaluate"),
         labels=data_root,
         classes=class_flags(),
     group:
         "scoring"
     log:
-        "logs/evaluate/{model}_{split}_{metric}.log",
+        "logs/evaluate/{key}/{model}_{split}_{metric}.log",
     benchmark:
-        "benchmarks/evaluate/{model}_{split}_{metric}.tsv"
+        "benchmarks/evaluate/{key}/{model}_{split}_{metric}.tsv"
     conda:
         "../../envs/comedian.yaml"
     shell:
@@ -26,44 +26,82 @@ rule evaluate:
         " --games {input.games:q} --metric {wildcards.metric} --json {output} {params.classes} > {log} 2>&1"
 
 
-if config["evaluate"]["splits"]:
+# An experiment's view: results/ for the base (the experiment `default`), results/experiments/<name>/ else.
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        metrics="{view}/metrics.json",
+        ap_table=report("{view}/report/ap_table.html", category="Per-class AP", subcategory="{view}"),
+        ap_csv="{view}/report/ap_table.csv",
+        seeds=report("{view}/report/seeds.html", category="Seeds", subcategory="{view}"),
+        seeds_csv="{view}/report/seeds.csv",
+        pr_curves=report("{view}/report/pr_curves.png", category="Precision-recall", subcategory="{view}"),
+        timelines=report(
+            directory("{view}/report/timelines"), patterns=["{name}.png"], category="Timelines",
+            subcategory="{view}"
+        ),
+    params:
+        code=code("report"),
+        metrics=metric_flags,
+        labels=data_root,
+        split=report_setting("split"),
+        pr_metric=report_setting("pr_metric"),
+        timeline_games=report_setting("timeline_games"),
+    group:
+        "scoring"
+    log:
+        "logs/report/{view}.log",
+    benchmark:
+        "benchmarks/report/{view}.tsv"
+    conda:
+        "../../envs/comedian.yaml"
+    shell:
+        "python -m comedian report {params.metrics} --output-metrics {output.metrics}"
+        " --split {params.split} --labels {params.labels:q} --predictions {input.predictions}"
+        " --games {input.games:q} --scores {input.scores} --ap-table {output.ap_table}"
+        " --ap-csv {output.ap_csv} --seed-table {output.seeds} --seed-csv {output.seeds_csv}"
+        " --pr-curves {output.pr_curves} --pr-metric {params.pr_metric}"
+        " --timelines {output.timelines} --timeline-games {params.timeline_games} > {log} 2>&1"
 
-    rule report:
-        input:
-            metrics=metric_files("ensemble"),
-            seed_metrics=[f for seed in SEEDS for f in metric_files(f"seed{seed}")],
-            predictions=f"results/predictions/ensemble/{config['report']['split']}",
-            scores=f"results/scores/ensemble/{config['report']['split']}.h5",
-            games=split_list(config["report"]["split"]),
-            labels=labels_files([config["report"]["split"]]),
-        output:
-            metrics="results/metrics.json",
-            ap_table=report("results/report/ap_table.html", category="Per-class AP"),
-            ap_csv="results/report/ap_table.csv",
-            seeds=report("results/report/seeds.html", category="Seeds"),
-            seeds_csv="results/report/seeds.csv",
-            pr_curves=report("results/report/pr_curves.png", category="Precision-recall"),
-            timelines=report(
-                directory("results/report/timelines"), patterns=["{name}.png"], category="Timelines"
-            ),
-        params:
-            code=code("report"),
-            metrics=metric_flags,
-            labels=data_root,
-            split=config["report"]["split"],
-            pr_metric=config["report"]["pr_metric"],
-            timeline_games=config["report"]["timeline_games"],
-        group:
-            "scoring"
-        log:
-            "logs/report.log",
-        benchmark:
-            "benchmarks/report.tsv"
-        conda:
-            "../../envs/comedian.yaml"
-        shell:
-            "python -m comedian report {params.metrics} --output-metrics {output.metrics}"
-            " --split {params.split} --labels {params.labels:q} --predictions {input.predictions}"
-            " --games {input.games:q} --scores {input.scores} --ap-table {output.ap_table}"
-            " --ap-csv {output.ap_csv} --seed-table {output.seeds} --seed-csv {output.seeds_csv} --pr-curves {output.pr_curves} --pr-metric {params.pr_metric}"
-            " --timelines {output.timelines} --timeline-games {params.timeline_games} > {log} 2>&1"
+
+# What an experiment is made of: every product it uses, by key, with the settings behind it.
+rule manifest:
+    output:
+        "{view}/manifest.json",
+    params:
+        code=code("experiments"),
+        manifest=manifest_json,
+    group:
+        "scoring"
+    log:
+        "logs/manifest/{view}.log",
+    benchmark:
+        "benchmarks/manifest/{view}.tsv"
+    conda:
+        "../../envs/comedian.yaml"
+    shell:
+        "python -m comedian experiments --manifest {params.manifest:q} --output {output} > {log} 2>&1"
+
+
+rule table:
+    input:
+        unpack(table_inputs),
+    output:
+        csv=report("results/tables/{table}.csv", category="Tables", subcategory="{table}"),
+        markdown="results/tables/{table}.md",
+    params:
+        code=code("table"),
+        spec=table_json,
+        sources=table_flags,
+    group:
+        "scoring"
+    log:
+        "logs/table/{table}.log",
+    benchmark:
+        "benchmarks/table/{table}.tsv"
+    conda:
+        "../../envs/comedian.yaml"
+    shell:
+        "python -m comedian table --name {wildcards.table} --spec {params.spec:q} {params.sources}"
+        " --csv {output.csv} --markdown {output.markdown} > {log} 2>&1"

@@ -3,12 +3,10 @@
 
 rule finetune:
     input:
-        unpack(finetune_init),
-        unpack(finetune_data),
+        unpack(finetune_inputs),
     output:
-        "results/checkpoints/finetune_seed{seed}.pt",
+        PATHS["finetune"],
     params:
-        code=code("finetune"),
         launch=launcher,
         init=init_flag,
         root=data_root,
@@ -20,14 +18,14 @@ rule finetune:
         classes=classes_json(),
         workers=loader_workers,
         torch_threads=torch_threads,
-        workdir="results/train/finetune_seed{seed}",
+        workdir="results/train/finetune/{key}/seed{seed}",
     threads: 2
     resources:
         gpu=0,
     log:
-        "logs/finetune/seed{seed}.log",
+        "logs/finetune/{key}/seed{seed}.log",
     benchmark:
-        "benchmarks/finetune/seed{seed}.tsv"
+        "benchmarks/finetune/{key}/seed{seed}.tsv"
     conda:
         "../../envs/comedian.yaml"
     shell:

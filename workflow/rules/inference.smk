@@ -3,23 +3,22 @@
 
 rule predict:
     input:
-        checkpoint="results/checkpoints/finetune_seed{seed}.pt",
+        checkpoint=seed_checkpoint,
         frames=split_frames,
         games=split_list_of,
     output:
-        "results/scores/seed{seed}/{split}.h5",
+        PATHS["predict"],
     params:
-        code=code("predict"),
         frames_dir=frames_dir,
-        window=window_flag(),
-        ignore_s=config["predict"]["ignore_s"],
-        merge=config["predict"]["merge"],
-        batch_size=config["predict"]["batch_size"],
+        window=window_flag,
+        ignore_s=setting("predict", "ignore_s"),
+        merge=setting("predict", "merge"),
+        batch_size=setting("predict", "batch_size"),
     threads: 2
     log:
-        "logs/predict/seed{seed}_{split}.log",
+        "logs/predict/{key}/seed{seed}_{split}.log",
     benchmark:
-        "benchmarks/predict/seed{seed}_{split}.tsv"
+        "benchmarks/predict/{key}/seed{seed}_{split}.tsv"
     conda:
         "../../envs/comedian.yaml"
     shell:
@@ -34,15 +33,13 @@ rule ensemble:
         scores=seed_scores,
         games=split_list_of,
     output:
-        "results/scores/ensemble/{split}.h5",
-    params:
-        code=code("ensemble"),
+        PATHS["ensemble"],
     group:
         "scoring"
     log:
-        "logs/ensemble/{split}.log",
+        "logs/ensemble/{key}/{split}.log",
     benchmark:
-        "benchmarks/ensemble/{split}.tsv"
+        "benchmarks/ensemble/{key}/{split}.tsv"
     conda:
         "../../envs/comedian.yaml"
     shell:
@@ -52,22 +49,21 @@ rule ensemble:
 
 rule postprocess:
     input:
-        scores="results/scores/{model}/{split}.h5",
+        scores=model_scores,
         games=split_list_of,
     output:
-        predictions=directory("results/predictions/{model}/{split}"),
-        submission="results/submissions/{model}/{split}.zip",
+        predictions=directory(PATHS["postprocess"]),
+        submission=PATHS["submission"],
     params:
-        code=code("postprocess"),
-        nms=config["postprocess"]["nms"],
-        window_s=config["postprocess"]["window_s"],
-        threshold=config["postprocess"]["threshold"],
+        nms=setting("postprocess", "nms"),
+        window_s=setting("postprocess", "window_s"),
+        threshold=setting("postprocess", "threshold"),
     group:
         "scoring"
     log:
-        "logs/postprocess/{model}_{split}.log",
+        "logs/postprocess/{key}/{model}_{split}.log",
     benchmark:
-        "benchmarks/postprocess/{model}_{split}.tsv"
+        "benchmarks/postprocess/{key}/{model}_{split}.tsv"
     conda:
         "../../envs/comedian.yaml"
     shell:

@@ -1,15 +1,14 @@
-# Steps 1 and 2: spatial MoCo pretraining, then spatio-temporal SCE distillation from the Baidu bank.
+# Steps 1 and 2: spatial MoCo pretraining, then spatio-temporal SCE distillation from the teacher bank.
 # One chain per seed (the paper's "averaged on three seeds"; `share_pretraining` runs one for the first).
 
 
 rule pretrain_spatial:
     input:
-        frames=all_frames(["train"]),
+        frames=spatial_frames,
         train=[split_list("train")],
     output:
-        "results/checkpoints/pretrain_spatial_seed{seed}.pt",
+        PATHS["pretrain_spatial"],
     params:
-        code=code("pretrain-spatial"),
         launch=launcher,
         root=data_root,
         frames_dir=frames_dir,
@@ -18,14 +17,14 @@ rule pretrain_spatial:
         step=section_json("pretrain_spatial"),
         workers=loader_workers,
         torch_threads=torch_threads,
-        workdir="results/train/pretrain_spatial_seed{seed}",
+        workdir="results/train/pretrain_spatial/{key}/seed{seed}",
     threads: 2
     resources:
         gpu=0,
     log:
-        "logs/pretrain_spatial/seed{seed}.log",
+        "logs/pretrain_spatial/{key}/seed{seed}.log",
     benchmark:
-        "benchmarks/pretrain_spatial/seed{seed}.tsv"
+        "benchmarks/pretrain_spatial/{key}/seed{seed}.tsv"
     conda:
         "../../envs/comedian.yaml"
     shell:
@@ -37,14 +36,10 @@ rule pretrain_spatial:
 
 rule pretrain_temporal:
     input:
-        unpack(temporal_init),
-        frames=all_frames(config["pretrain_temporal"]["train_splits"]),
-        train=[split_list(s) for s in config["pretrain_temporal"]["train_splits"]],
-        bank="results/features/baidu_pca.h5",
+        unpack(temporal_inputs),
     output:
-        "results/checkpoints/pretrain_temporal_seed{seed}.pt",
+        PATHS["pretrain_temporal"],
     params:
-        code=code("pretrain-temporal"),
         launch=launcher,
         init=init_flag,
         root=data_root,
@@ -54,14 +49,14 @@ rule pretrain_temporal:
         step=section_json("pretrain_temporal"),
         workers=loader_workers,
         torch_threads=torch_threads,
-        workdir="results/train/pretrain_temporal_seed{seed}",
+        workdir="results/train/pretrain_temporal/{key}/seed{seed}",
     threads: 2
     resources:
         gpu=0,
     log:
-        "logs/pretrain_temporal/seed{seed}.log",
+        "logs/pretrain_temporal/{key}/seed{seed}.log",
     benchmark:
-        "benchmarks/pretrain_temporal/seed{seed}.tsv"
+        "benchmarks/pretrain_temporal/{key}/seed{seed}.tsv"
     conda:
         "../../envs/comedian.yaml"
     shell:
