@@ -122,7 +122,9 @@ def test_whole_dag_runs(finished):
         assert len(h5["halves"]) == 3
     metrics = json.loads((finished / "results" / "metrics.json").read_text())
     assert set(metrics) == {"test", "provenance"} and set(metrics["test"]) == {"tight", "loose"}
-    assert metrics["provenance"]["config_sha256"] is not None and metrics["provenance"]["commit"] != "unknown"
+    # the workflow runs from a copy of the checkout without .git: no commit to record (test_provenance.py
+    # checks the commit and dirty flag of a git checkout)
+    assert metrics["provenance"]["config_sha256"] is not None and metrics["provenance"]["commit"] == "unknown"
     tight = metrics["test"]["tight"]
     assert set(tight) >= {"a_mAP", "a_mAP_per_class", "a_mAP_visible", "a_mAP_unshown", "seeds", "seed_mean"}
     # one seed: its model is the ensemble's only member, so the two score alike
