@@ -1,4 +1,4 @@
-"""A throwaway single-node Slurm cluster on this machine, for `pytest -m slurm`.
+"""A throwaway Slurm cluster of two emulated nodes on this machine, for `pytest -m slurm`.
 
 ``SlurmCluster(root)`` is a context manager. On entry it starts, as child processes of this one and in
 this order:
@@ -6,12 +6,18 @@ this order:
     munged      its own key and socket (not the system's /etc/munge, /run/munge)
     mariadbd    its own data directory, on 127.0.0.1 only
     slurmdbd    job accounting, so that ``sacct`` answers (the Snakemake Slurm executor polls it)
-    slurmctld   cluster CLUSTER, partition PARTITION (default, no time limit)
-    slurmd      one node, NodeAddr=127.0.0.1, ``cpus`` CPUs, ``memory_mb`` MB, no GPU
+    slurmctld   cluster CLUSTER, partition PARTITION (default, no time limit) of the NODES
+    slurmd      one per node of NODES (``slurmd -N <name>``), each NodeAddr=127.0.0.1 with its own port,
+                spool directory, PID and log file; ``cpus`` CPUs and ``memory_mb`` MB each, no GPU
 
 registers the cluster, the account ACCOUNT and the current user in the accounting database
 (``AccountingStorageEnforce=associations``: a job with another account is refused), and waits until
-the node is idle. On exit (even after an error) it cancels the cluster's jobs and stops each daemon
+every node is idle. Two nodes on one machine: Debian's Slurm runs several slurmd on one host when each
+has a name (-N), a Port= of its own and %n in its spool, PID and log paths; so a job can ask for
+``--nodes=2`` and a step run one task on each (both on 127.0.0.1, which is all that multi-node code
+paths such as ``srun --nodes=2`` and a c10d rendezvous on the first node's NodeAddr need). The CPUs
+and memory are declared, not counted (``SlurmdParameters=config_overrides``): 2 x 2 CPUs on this
+2-core machine. On exit (even after an error) it cancels the cluster's jobs and stops each daemon
 it started by its PID, in reverse order (SIGTERM, then SIGKILL after ``STOP_GRACE_S``).
 
 Everything lives under ``root``: configuration, state, logs, database; only the two Unix sockets go
@@ -25,7 +31,7 @@ few job ids) before its ``srun``, and a real cluster's ``srun`` finds /etc/slurm
 this one leaves alone.
 
 Needs root (slurmd starts jobs as their user) and the Debian packages that ``.ci/slurm-setup.sh``
-installs (Slurm 22.05 on Debian 12).
+installs (Slurm 22.05 on Debian 12, built with multiple-slurmd support).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from pathlib import Path
 CLUSTER = "comedianci"
 ACCOUNT = "comedian-ci"
 PARTITION = "ci"
-NODE = "ci-node"
+NODES = ("ci-node1", "ci-node2")
 STOP_GRACE_S = 20.0
 COMMANDS = ("munged", "munge", "mariadb-install-db", "mariadbd", "mariadb", "slurmdbd", "slurmctld",
             "slurmd", "sbatch", "srun", "sacct", "sacctmgr", "scontrol", "sinfo", "squeue", "scancel")
@@ -67,11 +73,11 @@ class SlurmError(RuntimeError):
 
 
 class SlurmCluster:
-    """A single-node Slurm with accounting, started in ``root`` (see the module docstring).
+    """A two-node Slurm with accounting, started in ``root`` (see the module docstring).
 
     Attributes (valid after entry): ``root``, ``conf`` (slurm.conf), ``env`` (environment for client
     commands and Snakemake), ``logs`` (daemon name -> log file), ``pids`` (daemon name -> PID of each
-    daemon started, in start order).
+    daemon started, in start order; ``slurmd:<node>`` for each node's slurmd).
     """
 
     def __init__(self, root: Path, cpus: int = 2, memory_mb: int = 4000, start_timeout_s: float = 60.0):
@@ -108,11 +114,11 @@ class SlurmCluster:
             raise SlurmError(f"not installed: {', '.join(missing)} (run .ci/slurm-setup.sh)")
         if os.geteuid() != 0:
             raise SlurmError("a single-node Slurm needs root (slurmd starts jobs as their user)")
-        for sub in ("bin", "state/slurmctld", "state/slurmd", "logs", "munge"):
+        for sub in ("bin", "state/slurmctld", *(f"state/slurmd/{node}" for node in NODES), "logs", "munge"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._run_dir = Path(tempfile.mkdtemp(prefix="comedian-slurm-"))
         self._run_dir.chmod(0o755)
-        ports = {name: free_port() for name in ("mariadb", "slurmdbd", "slurmctld", "slurmd")}
+        ports = {name: free_port() for name in ("mariadb", "slurmdbd", "slurmctld", *NODES)}
         self._write_files(ports)
         self._start_munged()
         self._start_mariadb(ports["mariadb"])
@@ -124,8 +130,10 @@ class SlurmCluster:
         self.run(["sacctmgr", "-i", "add", "user", user, f"Account={ACCOUNT}", f"Cluster={CLUSTER}"])
         self._start("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
         self._wait("slurmctld", lambda: "is UP" in self._out(["scontrol", "ping"]))
-        self._start("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", NODE])
-        self._wait("slurmd", lambda: self._out(["sinfo", "-h", "-n", NODE, "-o", "%T"]).strip() == "idle")
+        for node in NODES:
+            self._start(f"slurmd:{node}", ["slurmd", "-D", "-f", str(self.conf), "-N", node])
+        for node in NODES:
+            self._wait(f"slurmd:{node}", lambda: self._out(["sinfo", "-h", "-n", node, "-o", "%T"]).strip() == "idle")
 
     def stop(self) -> None:
         """Cancel the cluster's jobs, then stop the daemons this object started, by PID. Idempotent."""
@@ -160,14 +168,22 @@ class SlurmCluster:
             raise SlurmError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc.stdout
 
-    def sacct(self, fields: list[str], name: str | None = None) -> list[dict[str, str]]:
-        """One row per job (allocations only, no steps) of this cluster: field -> value, as sacct
-        prints them. ``name`` keeps the jobs of that job name (the executor's run id)."""
-        cmd = ["sacct", "-X", "-P", "-n", "-a", "-S", "2000-01-01", "-o", ",".join(fields)]
+    def sacct(self, fields: list[str], name: str | None = None, job: str | None = None,
+              steps: bool = False) -> list[dict[str, str]]:
+        """One row per job of this cluster (and per job step with ``steps``): field -> value, as sacct
+        prints them. ``name`` keeps the jobs of that job name (the executor's run id), ``job`` one job."""
+        cmd = ["sacct", "-P", "-n", "-a", "-S", "2000-01-01", "-o", ",".join(fields)] + ([] if steps else ["-X"])
         if name is not None:
             cmd += ["--name", name]
+        if job is not None:
+            cmd += ["-j", job]
         rows = [line.split("|") for line in self.run(cmd).splitlines() if line]
         return [dict(zip(fields, row)) for row in rows]
+
+    def squeue(self, states: str = "all") -> list[str]:
+        """The cluster's queued and running jobs in ``states`` (squeue -t), one line each: job id,
+        state, reason (why a pending job waits)."""
+        return [line for line in self.run(["squeue", "-h", "-t", states, "-o", "%i %T %r"]).splitlines() if line]
 
     # ---- internals -------------------------------------------------------------------------------
 
@@ -175,6 +191,8 @@ class SlurmCluster:
         root, run = self.root, self._run_dir
         host = socket.gethostname().split(".")[0]
         munge_socket = run / "munge.socket"
+        nodes = "\n".join(f"NodeName={node} NodeAddr=127.0.0.1 NodeHostname={host} Port={ports[node]} CPUs={self.cpus} "
+                          f"RealMemory={self.memory_mb} State=UNKNOWN" for node in NODES)
         self.mysql_socket = run / "mysqld.sock"
         self.munge_socket = munge_socket
         self.mysql_port = ports["mariadb"]
@@ -183,17 +201,16 @@ class SlurmCluster:
 ClusterName={CLUSTER}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ports["slurmctld"]}
-SlurmdPort={ports["slurmd"]}
 AuthType=auth/munge
 AuthInfo=socket={munge_socket}
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={root}/state/slurmctld
-SlurmdSpoolDir={root}/state/slurmd
+SlurmdSpoolDir={root}/state/slurmd/%n
 SlurmctldPidFile={root}/state/slurmctld.pid
-SlurmdPidFile={root}/state/slurmd.pid
+SlurmdPidFile={root}/state/slurmd-%n.pid
 SlurmctldLogFile={root}/logs/slurmctld.log
-SlurmdLogFile={root}/logs/slurmd.log
+SlurmdLogFile={root}/logs/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -210,8 +227,8 @@ AccountingStoragePass={munge_socket}
 AccountingStorageEnforce=associations
 AccountingStoreFlags=job_comment
 MinJobAge=300
-NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname={host} CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN
-PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
+{nodes}
+PartitionName={PARTITION} Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP
 """
         )
         dbd_conf = root / "slurmdbd.conf"  # slurmdbd reads it beside $SLURM_CONF; must be 0600
@@ -244,7 +261,7 @@ StorageLoc=slurm_acct_db
         self.env = env
 
     def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        log = self.root / "logs" / f"{name}.out"
+        log = self.root / "logs" / f"{_stem(name)}.out"
         self.logs[name] = log
         with open(log, "ab") as out:
             proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
@@ -305,8 +322,13 @@ StorageLoc=slurm_acct_db
             time.sleep(poll_s)
 
     def _log_tails(self, name: str) -> str:
-        files = [self.logs.get(name), self.root / "logs" / f"{name}.log"]
+        files = [self.logs.get(name), self.root / "logs" / f"{_stem(name)}.log"]
         return "\n".join(f"--- {f}\n{_tail(f)}" for f in dict.fromkeys(files) if f is not None and f.exists())
+
+
+def _stem(name: str) -> str:
+    """A daemon's log file stem: ``slurmd:<node>`` -> ``slurmd-<node>`` (as SlurmdLogFile's %n)."""
+    return name.replace(":", "-")
 
 
 def _tail(path: Path, lines: int = 30) -> str:

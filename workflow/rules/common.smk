@@ -329,12 +329,13 @@ def launcher(wildcards, resources, threads):
     - one node, several GPUs: ``torchrun --standalone``, one process per GPU;
     - several nodes (``nodes`` > 1, inside a Slurm job): ``srun`` one task per node, each a torchrun of
       one process per GPU of its node (:data:`NODE_TORCHRUN`); ``--overlap``, as Snakemake's own job step
-      holds the first node's CPUs.
+      holds the first node's CPUs; ``--ntasks`` given, as that step (``srun -n1``) leaves SLURM_NTASKS=1
+      in the environment, which srun would take and shrink the step to one node.
     """
     nodes, ranks = job_nodes(resources), ranks_per_node(resources)
     if nodes > 1:
         script = NODE_TORCHRUN.format(nodes=nodes, ranks=ranks)
-        return (f"exec srun --overlap --nodes={nodes} --ntasks-per-node=1 --cpus-per-task={threads} "
+        return (f"exec srun --overlap --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={threads} "
                 f"--kill-on-bad-exit=1 bash -c {shlex.quote(script)} comedian-node")
     if ranks > 1:
         return f"exec torchrun --standalone --nproc-per-node {ranks} -m comedian"
