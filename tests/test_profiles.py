@@ -215,8 +215,11 @@ def test_two_node_job_starts_one_torchrun_per_node_with_each_ranks_share_of_the_
     command = commands[0]
     print(f"\n{command}")
     args = shlex.split(command)
-    assert args[:8] == ["exec", "srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
-                        "--cpus-per-task=32", "--kill-on-bad-exit=1"], command
+    # First the job step's SLURM_* view goes (srun would take it for the allocation: one node), then srun.
+    start = args.index("exec")
+    assert args[0] == "for" and "compgen -v SLURM_" in command.split("exec srun")[0], command
+    assert args[start:start + 7] == ["exec", "srun", "--overlap", "--nodes=2", "--ntasks-per-node=1",
+                                     "--cpus-per-task=32", "--kill-on-bad-exit=1"], command
     node = args[args.index("-c") + 1]
     for part in ("torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d", '--rdzv-id "$SLURM_JOB_ID"',
                  'scontrol show hostnames "$SLURM_JOB_NODELIST"', '"is_host=$((SLURM_NODEID == 0))"'):

@@ -9,7 +9,7 @@ root and .ci/slurm-setup.sh), then:
   6 extractions arrived as fewer Slurm jobs than halves;
 - trains one fine-tuning step (2 epochs of 50 iterations, CPU) three ways on the frames of that run:
   locally in one process (the reference), as a 2-node job (one rank per node, gloo; equal to the
-  reference to 2e-5), and as a 1-node job that gets `scancel --signal=TERM` mid-epoch, exits, is
+  reference to 1e-5), and as a 1-node job that gets `scancel --signal=TERM` mid-epoch, exits, is
   resubmitted by Snakemake (`--retries 1`) and resumes mid-epoch (bitwise equal to the reference);
 
 then stops the daemons it started, by PID.
@@ -286,6 +286,7 @@ def test_slurm_keeps_each_jobs_log(slurm_run, cluster):
 def training_workdir(source, workdir):
     """``workdir`` with the TRAINING config and the demo data and frames of the DAG run ``source``
     (copied with their times, so that only the fine-tuning step is to be run)."""
+    workdir.mkdir(exist_ok=True)
     write_config(workdir, TRAINING)
     for part in ("resources", "results/frames"):
         shutil.copytree(source / part, workdir / part)
@@ -311,10 +312,11 @@ def test_two_node_training_job_matches_one_process(slurm_run, reference, cluster
     shrinks ``--nodes=2 --ntasks=1`` to one node; a GPU job gets no --ntasks (one task per node,
     Slurm's default), so real clusters need nothing of the kind.
 
-    Equal to the 1-process run to 2e-5, not bitwise: each rank averages the loss over its 2 clips and
+    Equal to the 1-process run to 1e-5, not bitwise: each rank averages the loss over its 2 clips and
     DDP averages the 2 ranks' gradients (sum, then / 2), where one process averages 4 clips at once;
     the float sums run in another order, which changes the last bits of each gradient, and 100 AdamW
-    steps carry those differences into the weights (as test_train's DDP test, on one machine)."""
+    steps carry those differences into the weights (4e-8 at most here; test_train's DDP test: the same
+    on one machine)."""
     ci = profile()
     ci["set-resources"]["finetune"] = {**ci["set-resources"]["finetune"], "nodes": 2, "tasks": 2}
     (tmp_path / "profile").mkdir()
@@ -338,40 +340,49 @@ def test_two_node_training_job_matches_one_process(slurm_run, reference, cluster
     worst = max(float((one[k] - two[k]).abs().max()) for k in one)
     print(f"largest weight difference, 2 ranks vs 1 process: {worst:.2e}")
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=0, atol=2e-5, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=lambda m: f"{key}: {m}")
 
 
 def test_preempted_training_job_resumes_mid_epoch_to_the_same_weights(slurm_run, reference, cluster, tmp_path):
     """finetune on one node; once its first periodic checkpoint shows it training, `scancel
-    --signal=TERM` (what Slurm sends at a preemption, and before a time limit with --signal): the step
-    writes a mid-epoch last.pt and exits 143; Snakemake (--retries 1) submits it again, and the new job
-    resumes mid-epoch and ends with the weights of the uninterrupted run, bit for bit (CPU, 1 process)."""
+    --signal=TERM` (what Slurm sends at a preemption, and before a time limit with --signal): every
+    process of the job step gets it; Snakemake's own waits for the stage, which finishes its iteration,
+    writes a mid-epoch last.pt and exits (128 + 15); Snakemake (--retries 1) submits the job again, and
+    the new job resumes at that very iteration and ends with the weights of the uninterrupted run, bit
+    for bit (CPU, 1 process). The retry rewrites the stage's log: the first one is read while the
+    retry waits in the queue."""
     workdir = training_workdir(slurm_run["workdir"], tmp_path)
-    state_file, signalled = workdir / FINETUNE_STATE, []
+    state_file, stage_log = workdir / FINETUNE_STATE, workdir / "logs/finetune/seed0.log"
+    signalled, stopped = [], []
 
     def signal_when_training(proc):
         if not signalled and state_file.is_file():
             jobs = cluster.squeue(states="R")
             assert len(jobs) == 1, jobs
-            job_id = jobs[0].split()[0]
-            cluster.run(["scancel", "--signal=TERM", job_id])
-            signalled.append(job_id)
+            signalled.append(jobs[0].split()[0])
+            cluster.run(["scancel", "--signal=TERM", signalled[0]])
+        elif signalled and not stopped and "received; stopped" in (text := stage_log.read_text()):
+            stopped.append(text)
 
     proc = snakemake(workdir, cluster, FINETUNED, "--retries", "1", while_running=signal_when_training)
-    log = (workdir / "logs/finetune/seed0.log").read_text()
+    log = stage_log.read_text()
     assert proc.returncode == 0, proc.stdout[-4000:] + log[-4000:]
     assert signalled, "the job ended before its first checkpoint"
     rows = cluster.sacct(["JobID", "State", "ExitCode"], name=run_id(proc.stdout))
-    print(f"\njobs: {rows}\n{log}")
+    print(f"\njobs: {rows}\nfirst job's stage log:\n{stopped[0] if stopped else '(not seen)'}\nretry's:\n{log}")
     assert [(row["JobID"], row["State"]) for row in rows] == [(signalled[0], "FAILED"), (rows[1]["JobID"], "COMPLETED")]
-    first = next((workdir / ".snakemake" / "slurm_logs" / "rule_finetune").glob(f"**/{signalled[0]}.log")).read_text()
-    assert "exit status 143" in first, first[-3000:]  # 128 + SIGTERM: stopped by the signal, not failed
-    resumed = re.search(rf"finetune: resumed from {FINETUNE_STATE} in epoch (\d)/2 after iteration (\d+)/(\d+)", log)
-    assert resumed, log  # mid-epoch: an iteration, not "after epoch"
-    assert 0 < int(resumed.group(2)) < int(resumed.group(3))
-    one, resumed_weights = weights(reference / FINETUNED), weights(workdir / FINETUNED)
-    assert one.keys() == resumed_weights.keys()
-    assert all(torch.equal(one[key], resumed_weights[key]) for key in one)
+    slurm_log = next((workdir / ".snakemake/slurm_logs/rule_finetune").glob(f"**/{signalled[0]}.log")).read_text()
+    assert "Will exit after finishing currently running jobs" in slurm_log, slurm_log[-3000:]  # SIGTERM: waits
+    assert stopped, "the first job's stage log never said it stopped on the signal"
+    stop = re.search(rf"finetune: SIGTERM received; stopped in epoch (\d)/2 after iteration (\d+)/50 and wrote "
+                     rf"{FINETUNE_STATE}", stopped[0])
+    assert stop, stopped[0]
+    # The retry: from that very iteration (not from the periodic checkpoint before it).
+    assert f"finetune: resumed from {FINETUNE_STATE} in epoch {stop.group(1)}/2 after iteration {stop.group(2)}/50" in log
+    assert 0 < int(stop.group(2)) < 50
+    one, resumed = weights(reference / FINETUNED), weights(workdir / FINETUNED)
+    assert one.keys() == resumed.keys()
+    assert all(torch.equal(one[key], resumed[key]) for key in one)
 
 
 def test_daemons_stop_by_pid(cluster):  # keep last: it stops the cluster of this module

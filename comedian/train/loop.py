@@ -26,7 +26,8 @@ whose ``forward(batch)`` returns the loss — a dataset keyed by ``(epoch, index
 - **Signals** (:data:`STOP_SIGNALS`: a Slurm time limit or preemption, ``scancel --signal``, ``kill``): the
   iteration under way finishes, every rank agrees (the flag rides on the per-iteration all-reduce), the
   mid-epoch ``last.pt`` is written, and the process exits with 128 + the signal number, a failure that
-  Snakemake resubmits (``retries``). A signal during the last iteration lets the run finish.
+  Snakemake resubmits (``retries``). A signal during the last iteration lets the run finish. DataLoader
+  workers ignore these signals (:func:`init_worker`): Slurm sends them to every process of the job step.
 - **Resume**: when ``last.pt`` exists and was written by the same run configuration (same fingerprint:
   step, configs but ``checkpoint_every_s``, seed, games, initial checkpoint), training restarts where it
   stopped — after its epoch, or mid-epoch skipping the epoch's keys already consumed (the samples are keyed
@@ -59,6 +60,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -104,6 +106,25 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 #: Step settings that change when checkpoints are written, not what is trained: kept out of fingerprints.
 RUN_ONLY_SETTINGS = ("checkpoint_every_s",)
+
+
+def init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: :func:`~comedian.data.clips.seed_worker`, then the
+    :data:`STOP_SIGNALS` taken by a thread of the worker (:func:`_stop_signals_of_worker`). Slurm
+    signals every process of a job step, loader workers included, and torch ends a worker on SIGTERM,
+    which would crash the step instead of letting its main process checkpoint."""
+    seed_worker(worker_id)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # threads started from here on inherit it
+    threading.Thread(target=_stop_signals_of_worker, args=(os.getppid(),), daemon=True).start()
+
+
+def _stop_signals_of_worker(parent: int) -> None:
+    """A loader worker's STOP_SIGNALS: from its main process (``terminate()``, how torch and
+    multiprocessing end workers at exit) the worker exits at once, as torch's own handler does; from
+    anyone else (Slurm, ``kill``) nothing: the main process acts on it and shuts its workers down."""
+    while True:
+        if signal.sigwaitinfo(STOP_SIGNALS).si_pid == parent:
+            os._exit(0)
 
 
 class TrainingDiverged(InputError):
@@ -491,7 +512,7 @@ class Trainer:
             self.dataset, batch_size=self.local_batch, sampler=self.sampler, num_workers=workers,
             pin_memory=self.ctx.device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
             collate_fn=collate_samples,
-            worker_init_fn=seed_worker if workers > 0 else None, generator=generator,
+            worker_init_fn=init_worker if workers > 0 else None, generator=generator,
             prefetch_factor=self.config.prefetch if workers > 0 else None,
         )
 

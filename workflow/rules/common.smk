@@ -321,6 +321,15 @@ NODE_TORCHRUN = (
 )
 
 
+#: Before the srun of a multi-node job: unset the SLURM_* variables of the job step that the rule's
+#: command runs in (Snakemake's ``srun -n1``, on the first node only). srun would take that step's
+#: SLURM_JOB_NODELIST / SLURM_NNODES / SLURM_NTASKS for the job's allocation and stop with "Only
+#: allocated 1 nodes asked for 2"; with SLURM_JOB_ID alone it asks the controller for the job's nodes
+#: (as Snakemake's own srun does). SLURM_CONF (a cluster's non-default configuration) is kept.
+LEAVE_JOB_STEP = ('for v in $(compgen -v SLURM_); do case "$v" in SLURM_JOB_ID|SLURM_CONF) ;; '
+                  '*) unset "$v" ;; esac; done; ')
+
+
 def launcher(wildcards, resources, threads):
     """How a training rule starts its stage, ``exec``-ed so that a signal (Slurm's SIGTERM before a time
     limit or at a preemption) reaches the stage or torchrun, not a shell in between:
@@ -328,14 +337,13 @@ def launcher(wildcards, resources, threads):
     - one node, at most one GPU: ``python -m comedian``;
     - one node, several GPUs: ``torchrun --standalone``, one process per GPU;
     - several nodes (``nodes`` > 1, inside a Slurm job): ``srun`` one task per node, each a torchrun of
-      one process per GPU of its node (:data:`NODE_TORCHRUN`); ``--overlap``, as Snakemake's own job step
-      holds the first node's CPUs; ``--ntasks`` given, as that step (``srun -n1``) leaves SLURM_NTASKS=1
-      in the environment, which srun would take and shrink the step to one node.
+      one process per GPU of its node (:data:`NODE_TORCHRUN`), after :data:`LEAVE_JOB_STEP`;
+      ``--overlap``, as Snakemake's own job step holds the first node's CPUs.
     """
     nodes, ranks = job_nodes(resources), ranks_per_node(resources)
     if nodes > 1:
         script = NODE_TORCHRUN.format(nodes=nodes, ranks=ranks)
-        return (f"exec srun --overlap --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={threads} "
+        return (f"{LEAVE_JOB_STEP}exec srun --overlap --nodes={nodes} --ntasks-per-node=1 --cpus-per-task={threads} "
                 f"--kill-on-bad-exit=1 bash -c {shlex.quote(script)} comedian-node")
     if ranks > 1:
         return f"exec torchrun --standalone --nproc-per-node {ranks} -m comedian"
