@@ -43,16 +43,16 @@ SACCT_FIELDS = ["JobID", "JobName", "Comment", "State", "ExitCode", "ReqMem", "T
                 "NNodes", "Account", "Partition"]
 #: Why a pending job would wait forever on this cluster: the run stops at once, naming the job.
 NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints",
-                "ReqNodeNotAvail", "InvalidAccount", "InvalidQOS", "AssocMaxJobsLimit")
+                "ReqNodeNotAvail", "InvalidAccount", "InvalidQOS")
 
 #: Fine-tuning on the tiny demo's train game, long enough to be signalled mid-epoch (2 epochs of 50
-#: iterations, ~6 s each here) and free of per-rank randomness (no mixup; the tiny model has no drop
-#: path), so that 1 and 2 processes train alike. A periodic checkpoint every second tells the
+#: iterations, 2-6 s each here) and free of per-rank randomness (no mixup; the tiny model has no drop
+#: path), so that 1 and 2 processes train alike. A periodic checkpoint every 0.25 s tells the
 #: preemption test that training is under way (checkpoint_every_s is not part of the run's identity).
 TRAINING = copy.deepcopy(TINY)
 TRAINING["finetune"] = {**TINY["finetune"], "init": "scratch", "head_epochs": 0, "epochs": 2,
                         "windows_per_game": 200, "validate_every": 0, "head_validate_every": 0,
-                        "mixup_alpha": 0.0, "checkpoint_every_s": 1}
+                        "mixup_alpha": 0.0, "checkpoint_every_s": 0.25}
 FINETUNED = "results/checkpoints/finetune_seed0.pt"
 FINETUNE_STATE = "results/train/finetune_seed0/last.pt"
 
