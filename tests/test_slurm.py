@@ -53,8 +53,11 @@ TRAINING = copy.deepcopy(TINY)
 TRAINING["finetune"] = {**TINY["finetune"], "init": "scratch", "head_epochs": 0, "epochs": 2,
                         "windows_per_game": 200, "validate_every": 0, "head_validate_every": 0,
                         "mixup_alpha": 0.0, "checkpoint_every_s": 0.25}
-FINETUNED = "results/checkpoints/finetune_seed0.pt"
-FINETUNE_STATE = "results/train/finetune_seed0/last.pt"
+#: Fine-tuning and what it needs, nothing else (the frames are copied in): `snakemake --until finetune`.
+ONLY_FINETUNE = ("--until", "finetune")
+#: Its output, resumable state and log, under the fine-tuning product's key (one in a training workdir).
+FINETUNED, FINETUNE_STATE, FINETUNE_LOG = ("results/checkpoints/finetune/*/seed0.pt",
+                                           "results/train/finetune/*/seed0/last.pt", "logs/finetune/*/seed0.log")
 
 
 def profile():
@@ -170,8 +173,16 @@ def run_id(output: str) -> str:
     return found.group(1)
 
 
-def weights(path) -> dict[str, torch.Tensor]:
-    return read_checkpoint(path)["model"]
+def one_file(workdir, pattern):
+    """The file of ``workdir`` that ``pattern`` matches (None when none does; an error when several)."""
+    found = list(workdir.glob(pattern))
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def weights(workdir) -> dict[str, torch.Tensor]:
+    """The fine-tuned weights of a training workdir."""
+    return read_checkpoint(one_file(workdir, FINETUNED))["model"]
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +214,8 @@ def test_dag_runs_through_slurm(slurm_run, cluster):
     proc, workdir = slurm_run["proc"], slurm_run["workdir"]
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert sum(len(jobs) for jobs in slurm_run["planned"].values()) >= 5  # demo_data, 2 x extract, pca, ...
-    assert len(list((workdir / "results" / "frames").glob("*/*.h5"))) == 2 * sum(TINY["demo"]["games"].values())
-    assert (workdir / "results" / "features" / "baidu_pca.h5").is_file()
+    assert len(list((workdir / "results" / "frames").glob("*/*/*.h5"))) == 2 * sum(TINY["demo"]["games"].values())
+    assert one_file(workdir, "results/features/*/baidu_pca.h5")
     assert (workdir / "results" / "metrics.json").is_file()
     assert "Nothing to be done" in snakemake(workdir, cluster, "-n").stdout
 
@@ -297,9 +308,9 @@ def training_workdir(source, workdir):
 def reference(slurm_run, cluster, tmp_path_factory):
     """The fine-tuning step locally, one process, uninterrupted: the weights both Slurm runs must reach."""
     workdir = training_workdir(slurm_run["workdir"], tmp_path_factory.mktemp("train-local"))
-    plan = snakemake(workdir, cluster, "-n", FINETUNED, local=True)
+    plan = snakemake(workdir, cluster, "-n", *ONLY_FINETUNE, local=True)
     assert planned_jobs(plan.stdout) == {"rule_finetune": [["finetune"]]}, plan.stdout[-3000:]
-    proc = snakemake(workdir, cluster, FINETUNED, local=True)
+    proc = snakemake(workdir, cluster, *ONLY_FINETUNE, local=True)
     assert proc.returncode == 0, proc.stdout[-4000:]
     return workdir
 
@@ -322,20 +333,20 @@ def test_two_node_training_job_matches_one_process(slurm_run, reference, cluster
     (tmp_path / "profile").mkdir()
     (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(ci))
     workdir = training_workdir(slurm_run["workdir"], tmp_path / "work")
-    plan = snakemake(workdir, cluster, "-n", FINETUNED, profile_dir=tmp_path / "profile")
+    plan = snakemake(workdir, cluster, "-n", *ONLY_FINETUNE, profile_dir=tmp_path / "profile")
     assert planned_jobs(plan.stdout) == {"rule_finetune": [["finetune"]]}, plan.stdout[-3000:]
 
-    proc = snakemake(workdir, cluster, FINETUNED, profile_dir=tmp_path / "profile")
-    assert proc.returncode == 0, proc.stdout[-4000:] + (workdir / "logs/finetune/seed0.log").read_text()[-4000:]
+    proc = snakemake(workdir, cluster, *ONLY_FINETUNE, profile_dir=tmp_path / "profile")
+    assert proc.returncode == 0, proc.stdout[-4000:] + one_file(workdir, FINETUNE_LOG).read_text()[-4000:]
     (job,) = cluster.sacct(["JobID", "State", "NNodes", "NodeList"], name=run_id(proc.stdout))
     steps = cluster.sacct(["JobID", "NNodes", "NTasks", "NodeList", "State"], job=job["JobID"], steps=True)
     print(f"\n2-node job: {job}\nsteps: {steps}")
     assert (job["State"], job["NNodes"]) == ("COMPLETED", "2"), job
     # The torchrun step: one task on each node.
     assert any(s["NNodes"] == "2" and s["NTasks"] == "2" and s["State"] == "COMPLETED" for s in steps), steps
-    state = torch.load(workdir / FINETUNE_STATE, weights_only=True)
+    state = torch.load(one_file(workdir, FINETUNE_STATE), weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2  # both ranks' RNG states: both trained
-    one, two = weights(reference / FINETUNED), weights(workdir / FINETUNED)
+    one, two = weights(reference), weights(workdir)
     assert one.keys() == two.keys()
     worst = max(float((one[k] - two[k]).abs().max()) for k in one)
     print(f"largest weight difference, 2 ranks vs 1 process: {worst:.2e}")
@@ -352,20 +363,19 @@ def test_preempted_training_job_resumes_mid_epoch_to_the_same_weights(slurm_run,
     for bit (CPU, 1 process). The retry rewrites the stage's log: the first one is read while the
     retry waits in the queue."""
     workdir = training_workdir(slurm_run["workdir"], tmp_path)
-    state_file, stage_log = workdir / FINETUNE_STATE, workdir / "logs/finetune/seed0.log"
     signalled, stopped = [], []
 
     def signal_when_training(proc):
-        if not signalled and state_file.is_file():
+        if not signalled and one_file(workdir, FINETUNE_STATE):
             jobs = cluster.squeue(states="R")
             assert len(jobs) == 1, jobs
             signalled.append(jobs[0].split()[0])
             cluster.run(["scancel", "--signal=TERM", signalled[0]])
-        elif signalled and not stopped and "received; stopped" in (text := stage_log.read_text()):
+        elif signalled and not stopped and "received; stopped" in (text := one_file(workdir, FINETUNE_LOG).read_text()):
             stopped.append(text)
 
-    proc = snakemake(workdir, cluster, FINETUNED, "--retries", "1", while_running=signal_when_training)
-    log = stage_log.read_text()
+    proc = snakemake(workdir, cluster, *ONLY_FINETUNE, "--retries", "1", while_running=signal_when_training)
+    log, state_file = one_file(workdir, FINETUNE_LOG).read_text(), one_file(workdir, FINETUNE_STATE)
     assert proc.returncode == 0, proc.stdout[-4000:] + log[-4000:]
     assert signalled, "the job ended before its first checkpoint"
     rows = cluster.sacct(["JobID", "State", "ExitCode"], name=run_id(proc.stdout))
@@ -374,13 +384,14 @@ def test_preempted_training_job_resumes_mid_epoch_to_the_same_weights(slurm_run,
     slurm_log = next((workdir / ".snakemake/slurm_logs/rule_finetune").glob(f"**/{signalled[0]}.log")).read_text()
     assert "Will exit after finishing currently running jobs" in slurm_log, slurm_log[-3000:]  # SIGTERM: waits
     assert stopped, "the first job's stage log never said it stopped on the signal"
+    state = state_file.relative_to(workdir)
     stop = re.search(rf"finetune: SIGTERM received; stopped in epoch (\d)/2 after iteration (\d+)/50 and wrote "
-                     rf"{FINETUNE_STATE}", stopped[0])
+                     rf"{state}", stopped[0])
     assert stop, stopped[0]
     # The retry: from that very iteration (not from the periodic checkpoint before it).
-    assert f"finetune: resumed from {FINETUNE_STATE} in epoch {stop.group(1)}/2 after iteration {stop.group(2)}/50" in log
+    assert f"finetune: resumed from {state} in epoch {stop.group(1)}/2 after iteration {stop.group(2)}/50" in log
     assert 0 < int(stop.group(2)) < 50
-    one, resumed = weights(reference / FINETUNED), weights(workdir / FINETUNED)
+    one, resumed = weights(reference), weights(workdir)
     assert one.keys() == resumed.keys()
     assert all(torch.equal(one[key], resumed[key]) for key in one)
 
