@@ -28,6 +28,7 @@ safe: database creation is serialised by a lock file and "database is locked" er
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import json
 import logging
@@ -39,6 +40,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,11 @@ TAG_KIND = "comedian.kind"
 TAG_STAGE = "comedian.stage"
 TAG_WILDCARD_PREFIX = "comedian.wildcard."
 TAG_WORKDIR = "comedian.workdir"
+#: A random token per run, set at creation: a run created twice (an HTTP request the server did
+#: carry out but whose answer timed out) is found by it and kept once.
+TAG_TOKEN = "comedian.run_token"
+#: Tries of creating a run on an HTTP server (each a single request; see :meth:`_Store.create_run`).
+HTTP_CREATE_ATTEMPTS = 4
 
 _OFF_VALUES = {"0", "off", "false", "no"}
 _RUNNING, _FINISHED, _FAILED, _KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
@@ -216,6 +223,22 @@ def _retry(fn: Callable[..., Any], *args: Any, attempts: int = 8, **kwargs: Any)
 
 
 @contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of the block (MLflow reads its HTTP settings from
+    the environment at each request)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
 def _quiet_loggers() -> Iterator[None]:
     loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
     levels = [lg.level for lg in loggers]
@@ -280,6 +303,8 @@ class _Store:
 
         self.uri = uri
         self.experiment = experiment
+        #: Tokens of runs created here after a failed try: their runs are looked up again at the end.
+        self.retried_tokens: set[str] = set()
         with _init_lock(uri), _quiet_loggers():
             self.client = MlflowClient(tracking_uri=uri)
             self.experiment_id = _retry(self._get_or_create_experiment)
@@ -303,6 +328,59 @@ class _Store:
         """``client.<method>(*args, **kwargs)`` with sqlite lock retries."""
         with _quiet_loggers():
             return _retry(getattr(self.client, method), *args, **kwargs)
+
+    def create_run(self, start_ms: int, tags: Mapping[str, str], name: str) -> Any:
+        """Create a run, exactly once, from ``tags`` that hold its :data:`TAG_TOKEN`; return it.
+
+        On an HTTP server, MLflow's own retries would resend the create request after a timeout or a
+        5xx answer, and a server that carried out the first request then holds the run twice. Here
+        each try is one request (MLflow's retries off); after a failed try the runs carrying the
+        token are looked up: one found is adopted (any further copy deleted), none found means the
+        next try (jittered backoff 1 s, 2 s, 4 s; :data:`HTTP_CREATE_ATTEMPTS` in all).
+        """
+        create = functools.partial(
+            self.call, "create_run", self.experiment_id, start_time=start_ms, tags=tags, run_name=name
+        )
+        if not _is_http(self.uri):
+            return create()
+        delay = 1.0
+        for attempt in range(HTTP_CREATE_ATTEMPTS):
+            try:
+                with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"):
+                    run = create()
+            except Exception as err:  # noqa: BLE001 - classified below
+                if _is_input_error(err):
+                    raise
+                found = self.keep_one(tags[TAG_TOKEN])
+                if found is not None:
+                    return found
+                if attempt == HTTP_CREATE_ATTEMPTS - 1:
+                    raise
+                _log.debug("retrying create_run after %s", _one_line(err))
+                time.sleep(delay * (1.0 + 0.5 * random.random()))
+                delay *= 2.0
+            else:
+                if attempt > 0:  # an earlier try may have landed after its lookup
+                    self.keep_one(tags[TAG_TOKEN], keep=run.info.run_id)
+                    self.retried_tokens.add(tags[TAG_TOKEN])
+                return run
+        raise AssertionError("unreachable")
+
+    def keep_one(self, token: str, keep: str | None = None) -> Any:
+        """Of the runs tagged ``token``, keep run ``keep`` (default: the first found) and delete the
+        others; return the kept run, or None when there is none (or the lookup itself failed: the
+        caller's next try decides)."""
+        try:
+            runs = self.call(
+                "search_runs", [self.experiment_id], filter_string=f"tags.`{TAG_TOKEN}` = '{token}'"
+            )
+            runs = sorted(runs, key=lambda r: (r.info.run_id != keep, r.info.run_id))
+            for extra in runs[1:]:
+                self.call("delete_run", extra.info.run_id)
+        except Exception as err:  # noqa: BLE001
+            _log.debug("looking up run token %s failed: %s", token, _one_line(err))
+            return None
+        return runs[0] if runs else None
 
 
 def _open_store(uri: str, experiment: str) -> _Store:
@@ -413,7 +491,9 @@ class TrackedRun:
         if self._uris[1] == self._uris[0]:
             self._uris.pop()
         self._experiment = resolve_experiment(experiment)
+        self.token = uuid.uuid4().hex  # the same in the fallback store, if the run moves there
         self._tags = {_clean_key(k): str(v)[:_MAX_TAG] for k, v in tags.items()}
+        self._tags[TAG_TOKEN] = self.token
         self._start_ms = _now_ms()
         self._params: dict[str, str] = {}
         self._journal: list[tuple[str, Any]] = []
@@ -434,13 +514,7 @@ class TrackedRun:
             uri = self._uris[0]
             try:
                 store = _open_store(uri, self._experiment)
-                run = store.call(
-                    "create_run",
-                    store.experiment_id,
-                    start_time=self._start_ms,
-                    tags=self._tags,
-                    run_name=self.name,
-                )
+                run = store.create_run(self._start_ms, self._tags, self.name)
                 self._store, self.run_id, self.uri = store, run.info.run_id, uri
                 self._replay()
                 return failures
@@ -507,6 +581,8 @@ class TrackedRun:
                     self._store.call(
                         "set_terminated", self.run_id, status=status, end_time=_now_ms()
                     )
+                    if self.token in self._store.retried_tokens:  # a late copy of the create request
+                        self._store.keep_one(self.token, keep=self.run_id)
                     break
                 except Exception as err:  # noqa: BLE001
                     self._fail_over(err)

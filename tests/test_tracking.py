@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -319,6 +321,31 @@ def test_unreachable_server_falls_back_with_one_warning(workdir, caplog):
     assert _artifacts(fallback, run.run_id) == {"n.json"}
 
 
+@pytest.mark.parametrize("landed", [True, False], ids=["request-landed", "request-lost"])
+def test_http_run_is_created_once_when_an_answer_times_out(workdir, monkeypatch, landed):
+    """A create request that times out is not simply resent (MLflow's retries would hold the run twice
+    when the server did carry it out): the run's token is looked up first, and exactly one run results."""
+    store = tracking._Store(f"sqlite:///{workdir / 'once.db'}", "comedian")
+    real_create, calls = store.client.create_run, []
+
+    def flaky_create(*args, **kwargs):
+        calls.append(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+        if len(calls) == 1:
+            if landed:
+                real_create(*args, **kwargs)
+            raise TimeoutError("Read timed out. (read timeout=10)")
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(store.client, "create_run", flaky_create)
+    monkeypatch.setattr(store, "uri", "http://tracking.example:5000")  # the HTTP path of create_run
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    token = f"token-{landed}-{time.time_ns()}"
+    run = store.create_run(tracking._now_ms(), {"comedian.stage": "extract", tracking.TAG_TOKEN: token}, "extract")
+    found = _runs(f"sqlite:///{workdir / 'once.db'}", f"tags.`{tracking.TAG_TOKEN}` = '{token}'")
+    assert [r.info.run_id for r in found] == [run.info.run_id]
+    assert calls == (["0"] if landed else ["0", "0"])  # one request per try, MLflow's own retries off
+
+
 def test_silent_server_is_given_up_quickly(workdir, caplog):
     """A server that accepts connections but never answers costs one probe timeout, not minutes."""
     with socket.socket() as sock:
@@ -540,7 +567,7 @@ _TIMED_JOB = textwrap.dedent(
     with tracking.stage_run("extract", wildcards={"job": sys.argv[1]}) as run:
         started = time.perf_counter() - start
         run.log_metrics({"x": 1.0})
-    print(run.uri, run.run_id, started)
+    print(run.uri, run.run_id, run.token, started)
     """
 )
 
@@ -579,12 +606,24 @@ def test_tracking_server_holds_50_concurrent_jobs(tmp_path):
         outs = [p.communicate(timeout=600) for p in procs]
         assert [p.returncode for p in procs] == [0] * n, [err[-500:] for _, err in outs if err]
         rows = [out.split() for out, _ in outs]
-        fell_back = [uri for uri, _, _ in rows if uri != url]
-        starts = sorted(float(s) for _, _, s in rows)
+        fell_back = [uri for uri, _, _, _ in rows if uri != url]
+        starts = sorted(float(s) for _, _, _, s in rows)
+        reasons = collections.Counter(
+            re.sub(r"\d+(\.\d+)?", "N", err.strip().splitlines()[-1])[:160] for _, err in outs if err.strip()
+        )
         print(f"tracking start of {n} concurrent jobs: median {starts[n // 2]:.2f} s, max {starts[-1]:.2f} s, "
-              f"{len(fell_back)} fell back to their own file")
+              f"{len(fell_back)} fell back to their own file; their warnings: {dict(reasons)}")
         assert len(set(fell_back)) == len(fell_back)  # each fallback is the job's own file, never a shared one
         assert len(list(jobs_dir.rglob("*.db"))) == len(fell_back)  # no job opened any other sqlite file
-        assert len(_runs(url)) == n - len(fell_back)  # every other run is on the server: none lost
+        by_token = collections.defaultdict(list)
+        for run in _runs(url):
+            by_token[run.data.tags[tracking.TAG_TOKEN]].append(run)
+        for uri, run_id, token, _ in rows:
+            if uri == url:  # the job's run is on the server, complete, and only once: none lost, none doubled
+                assert [(r.info.run_id, r.info.status, r.data.metrics) for r in by_token.pop(token)] == [
+                    (run_id, "FINISHED", {"x": 1.0})]
+        # What else the server holds are the runs of fallen-back jobs: what their timed-out requests did
+        # carry out before the job moved (with all it had logged) to its own file.
+        assert set(by_token) <= {token for uri, _, token, _ in rows if uri != url}
     finally:
         _stop_server(server)
