@@ -49,6 +49,9 @@ _log = logging.getLogger(__name__)
 
 ENV_URI = "COMEDIAN_TRACKING_URI"
 ENV_EXPERIMENT = "COMEDIAN_EXPERIMENT"
+#: The id of experiment ``$COMEDIAN_EXPERIMENT`` in store ``$COMEDIAN_TRACKING_URI``, exported by the
+#: pipeline run: a job then skips the lookup (one request fewer per job start on a server).
+ENV_EXPERIMENT_ID = "COMEDIAN_EXPERIMENT_ID"
 ENV_PARENT_RUN_ID = "COMEDIAN_PIPELINE_RUN_ID"
 ENV_FALLBACK_URI = "COMEDIAN_TRACKING_FALLBACK_URI"
 ENV_ENABLED = "COMEDIAN_TRACKING"
@@ -68,6 +71,15 @@ HTTP_ENV_DEFAULTS: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
+#: Set (unless already set) before MLflow is imported: MLflow 3's usage telemetry would send events
+#: to mlflow-telemetry.io from a thread that also rewrites ``os.environ`` while requests read it
+#: (seen: a job's log_batch failing with KeyError '_MLFLOW_TELEMETRY_SESSION_ID'). A job talks to
+#: its own tracking store only.
+MLFLOW_ENV_DEFAULTS: dict[str, str] = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+#: Set (unless already set) for `comedian tracking-server`: MLflow 3's server otherwise starts a job
+#: runner (GenAI evaluation jobs, which the pipeline has none of) of eight polling processes that
+#: burn ~0.6 CPU-seconds per second when idle, on the login node every job's tracking waits on.
+SERVER_ENV_DEFAULTS: dict[str, str] = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 #: Seconds the reachability probe of an HTTP store waits (connect + response), one try.
 PROBE_TIMEOUT_S = 3.0
 #: Seconds between two samples of a training run's system metrics (MLflow's default is 10).
@@ -82,8 +94,10 @@ TAG_WORKDIR = "comedian.workdir"
 #: A random token per run, set at creation: a run created twice (an HTTP request the server did
 #: carry out but whose answer timed out) is found by it and kept once.
 TAG_TOKEN = "comedian.run_token"
-#: Tries of creating a run on an HTTP server (each a single request; see :meth:`_Store.create_run`).
+#: Tries of creating a run on an HTTP server (each a single request; see :meth:`_Store.create_run`),
+#: and the factor on the HTTP timeout that each try is given (it is never resent after a timeout).
 HTTP_CREATE_ATTEMPTS = 4
+HTTP_CREATE_TIMEOUT_FACTOR = 3.0
 
 _OFF_VALUES = {"0", "off", "false", "no"}
 _RUNNING, _FINISHED, _FAILED, _KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
@@ -207,6 +221,14 @@ def _is_input_error(err: BaseException) -> bool:
     return getattr(err, "error_code", None) in _INPUT_ERROR_CODES
 
 
+def _maybe_delivered(err: BaseException) -> bool:
+    """True when an HTTP request may have reached the server although no answer came: its answer timed
+    out, or the connection dropped after sending. (A refused or timed-out connection, or a 5xx
+    answer, means the server did not carry it out.)"""
+    text = str(err).lower()
+    return "read timed out" in text or "remotedisconnected" in text or "connection aborted" in text
+
+
 def _retry(fn: Callable[..., Any], *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
     """Call ``fn``, retrying sqlite lock errors with jittered exponential backoff (0.1 s .. 4 s)."""
     delay = 0.1
@@ -295,6 +317,8 @@ class _Store:
 
     def __init__(self, uri: str, experiment: str) -> None:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # stdout may be a stage output
+        for key, value in MLFLOW_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         if _is_http(uri):
             for key, value in HTTP_ENV_DEFAULTS.items():
                 os.environ.setdefault(key, value)
@@ -303,11 +327,13 @@ class _Store:
 
         self.uri = uri
         self.experiment = experiment
-        #: Tokens of runs created here after a failed try: their runs are looked up again at the end.
-        self.retried_tokens: set[str] = set()
         with _init_lock(uri), _quiet_loggers():
             self.client = MlflowClient(tracking_uri=uri)
-            self.experiment_id = _retry(self._get_or_create_experiment)
+            known = os.environ.get(ENV_EXPERIMENT_ID)
+            if known and uri == os.environ.get(ENV_URI) and experiment == os.environ.get(ENV_EXPERIMENT):
+                self.experiment_id = known
+            else:
+                self.experiment_id = _retry(self._get_or_create_experiment)
 
     def _get_or_create_experiment(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
@@ -330,53 +356,51 @@ class _Store:
             return _retry(getattr(self.client, method), *args, **kwargs)
 
     def create_run(self, start_ms: int, tags: Mapping[str, str], name: str) -> Any:
-        """Create a run, exactly once, from ``tags`` that hold its :data:`TAG_TOKEN`; return it.
+        """Create a run, at most once, from ``tags`` that hold its :data:`TAG_TOKEN`; return it.
 
-        On an HTTP server, MLflow's own retries would resend the create request after a timeout or a
-        5xx answer, and a server that carried out the first request then holds the run twice. Here
-        each try is one request (MLflow's retries off); after a failed try the runs carrying the
-        token are looked up: one found is adopted (any further copy deleted), none found means the
-        next try (jittered backoff 1 s, 2 s, 4 s; :data:`HTTP_CREATE_ATTEMPTS` in all).
+        On an HTTP server, MLflow's own retries would resend the create request after a timeout, and
+        a server that did carry out the first request then holds the run twice. Here each try is one
+        request (MLflow's retries off), given :data:`HTTP_CREATE_TIMEOUT_FACTOR` times the usual
+        timeout. A request the server may have received (its answer timed out or the connection
+        dropped) is never resent: the run is looked up by its token, and if it is not there the
+        error is raised (the caller falls back; should the server create the run later, it stays
+        RUNNING there, the fallback store holding the whole run under the same token). A request the
+        server never took or refused (connection refused, 5xx) is tried again, after 1 s, 2 s, 4 s
+        (jittered; :data:`HTTP_CREATE_ATTEMPTS` in all).
         """
         create = functools.partial(
             self.call, "create_run", self.experiment_id, start_time=start_ms, tags=tags, run_name=name
         )
         if not _is_http(self.uri):
             return create()
+        timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 120)  # MLflow's default
         delay = 1.0
         for attempt in range(HTTP_CREATE_ATTEMPTS):
             try:
-                with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"):
-                    run = create()
+                with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+                          MLFLOW_HTTP_REQUEST_TIMEOUT=f"{timeout * HTTP_CREATE_TIMEOUT_FACTOR:g}"):
+                    return create()
             except Exception as err:  # noqa: BLE001 - classified below
                 if _is_input_error(err):
                     raise
-                found = self.keep_one(tags[TAG_TOKEN])
-                if found is not None:
+                if _maybe_delivered(err):
+                    found = self._run_with_token(tags[TAG_TOKEN])
+                    if found is None:
+                        raise
                     return found
                 if attempt == HTTP_CREATE_ATTEMPTS - 1:
                     raise
                 _log.debug("retrying create_run after %s", _one_line(err))
                 time.sleep(delay * (1.0 + 0.5 * random.random()))
                 delay *= 2.0
-            else:
-                if attempt > 0:  # an earlier try may have landed after its lookup
-                    self.keep_one(tags[TAG_TOKEN], keep=run.info.run_id)
-                    self.retried_tokens.add(tags[TAG_TOKEN])
-                return run
         raise AssertionError("unreachable")
 
-    def keep_one(self, token: str, keep: str | None = None) -> Any:
-        """Of the runs tagged ``token``, keep run ``keep`` (default: the first found) and delete the
-        others; return the kept run, or None when there is none (or the lookup itself failed: the
-        caller's next try decides)."""
+    def _run_with_token(self, token: str) -> Any:
+        """The run tagged ``token``, or None (also when the lookup itself fails)."""
         try:
             runs = self.call(
                 "search_runs", [self.experiment_id], filter_string=f"tags.`{TAG_TOKEN}` = '{token}'"
             )
-            runs = sorted(runs, key=lambda r: (r.info.run_id != keep, r.info.run_id))
-            for extra in runs[1:]:
-                self.call("delete_run", extra.info.run_id)
         except Exception as err:  # noqa: BLE001
             _log.debug("looking up run token %s failed: %s", token, _one_line(err))
             return None
@@ -484,6 +508,7 @@ class TrackedRun:
         self.name = name
         self.run_id: str | None = None
         self.uri: str | None = None
+        self.experiment_id: str | None = None  # in the store at ``uri``
         self._store: _Store | None = None
         self._enabled = tracking_enabled()
         primary = resolve_uri(uri)
@@ -516,6 +541,7 @@ class TrackedRun:
                 store = _open_store(uri, self._experiment)
                 run = store.create_run(self._start_ms, self._tags, self.name)
                 self._store, self.run_id, self.uri = store, run.info.run_id, uri
+                self.experiment_id = store.experiment_id
                 self._replay()
                 return failures
             except Exception as err:  # noqa: BLE001 - any failure moves on to the next store
@@ -581,8 +607,6 @@ class TrackedRun:
                     self._store.call(
                         "set_terminated", self.run_id, status=status, end_time=_now_ms()
                     )
-                    if self.token in self._store.retried_tokens:  # a late copy of the create request
-                        self._store.keep_one(self.token, keep=self.run_id)
                     break
                 except Exception as err:  # noqa: BLE001
                     self._fail_over(err)
@@ -845,8 +869,8 @@ def start_pipeline_run(
             The run also holds :func:`comedian.provenance.collect` (code, stack, machine, inputs) as
             tags ``comedian.provenance.*`` and artifact ``provenance.json``.
         export: set ``COMEDIAN_TRACKING_URI`` (the store actually used: the fallback if ``uri``
-            failed), ``COMEDIAN_TRACKING_FALLBACK_URI``, ``COMEDIAN_EXPERIMENT`` and
-            ``COMEDIAN_PIPELINE_RUN_ID`` in ``os.environ``, which every job inherits; and
+            failed), ``COMEDIAN_TRACKING_FALLBACK_URI``, ``COMEDIAN_EXPERIMENT`` (and its id,
+            ``COMEDIAN_EXPERIMENT_ID``) and ``COMEDIAN_PIPELINE_RUN_ID`` in ``os.environ``, which every job inherits; and
             ``COMEDIAN_PROVENANCE`` (commit and digests, for result files) even with tracking off.
 
     Returns:
@@ -875,6 +899,7 @@ def start_pipeline_run(
         if os.environ.get(ENV_FALLBACK_URI) or not _is_http(run.uri):  # else each job has its own file
             os.environ[ENV_FALLBACK_URI] = resolve_fallback_uri(primary=run.uri)
         os.environ[ENV_EXPERIMENT] = resolve_experiment(experiment)
+        os.environ[ENV_EXPERIMENT_ID] = run.experiment_id
         os.environ[ENV_PARENT_RUN_ID] = run.run_id
     return run.run_id
 
@@ -988,5 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
     name = socket.getfqdn() if args.host in {"0.0.0.0", "::"} else args.host
     print(f"comedian tracking-server: store {args.store.resolve()}", flush=True)
     print(f"tracking.uri: http://{name}:{args.port}", flush=True)
+    for key, value in {**MLFLOW_ENV_DEFAULTS, **SERVER_ENV_DEFAULTS}.items():
+        os.environ.setdefault(key, value)
     os.execv(sys.executable, server_command(args.store, args.host, args.port, args.workers))
     return 0  # not reached

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -25,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 _ENV_VARS = (
     tracking.ENV_URI,
     tracking.ENV_EXPERIMENT,
+    tracking.ENV_EXPERIMENT_ID,
     tracking.ENV_PARENT_RUN_ID,
     tracking.ENV_FALLBACK_URI,
     tracking.ENV_ENABLED,
@@ -122,6 +121,7 @@ def test_parent_and_child_runs_in_default_store(workdir, caplog):
     assert uri == f"sqlite:///{workdir.resolve()}/results/mlflow.db"
     assert os.environ[tracking.ENV_PARENT_RUN_ID] == parent
     assert os.environ[tracking.ENV_EXPERIMENT] == "comedian"
+    assert os.environ[tracking.ENV_EXPERIMENT_ID] == _client(uri).get_experiment_by_name("comedian").experiment_id
 
     extra = workdir / "table.csv"
     extra.write_text("a,b\n1,2\n")
@@ -321,29 +321,59 @@ def test_unreachable_server_falls_back_with_one_warning(workdir, caplog):
     assert _artifacts(fallback, run.run_id) == {"n.json"}
 
 
-@pytest.mark.parametrize("landed", [True, False], ids=["request-landed", "request-lost"])
-def test_http_run_is_created_once_when_an_answer_times_out(workdir, monkeypatch, landed):
-    """A create request that times out is not simply resent (MLflow's retries would hold the run twice
-    when the server did carry it out): the run's token is looked up first, and exactly one run results."""
+@pytest.mark.parametrize("failure", ["landed", "lost", "refused"])
+def test_http_run_is_created_at_most_once(workdir, monkeypatch, failure):
+    """A create request whose answer timed out is never resent (MLflow's retries would hold the run twice when
+    the server did carry it out): the run is looked up by its token, adopted if there, else the store fails
+    (the job falls back). A request the server never took (connection refused) is tried again."""
     store = tracking._Store(f"sqlite:///{workdir / 'once.db'}", "comedian")
     real_create, calls = store.client.create_run, []
+    error = {"refused": ConnectionRefusedError("[Errno 111] Connection refused")}.get(
+        failure, TimeoutError("HTTPConnectionPool(host='x', port=5000): Read timed out. (read timeout=30)"))
 
     def flaky_create(*args, **kwargs):
-        calls.append(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+        calls.append((os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES"), os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")))
         if len(calls) == 1:
-            if landed:
+            if failure == "landed":
                 real_create(*args, **kwargs)
-            raise TimeoutError("Read timed out. (read timeout=10)")
+            raise error
         return real_create(*args, **kwargs)
 
     monkeypatch.setattr(store.client, "create_run", flaky_create)
     monkeypatch.setattr(store, "uri", "http://tracking.example:5000")  # the HTTP path of create_run
     monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
-    token = f"token-{landed}-{time.time_ns()}"
-    run = store.create_run(tracking._now_ms(), {"comedian.stage": "extract", tracking.TAG_TOKEN: token}, "extract")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    token = f"token-{failure}-{time.time_ns()}"
+    tags = {"comedian.stage": "extract", tracking.TAG_TOKEN: token}
+    if failure == "lost":
+        with pytest.raises(TimeoutError):
+            store.create_run(tracking._now_ms(), tags, "extract")
+        made = []
+    else:
+        made = [store.create_run(tracking._now_ms(), tags, "extract").info.run_id]
     found = _runs(f"sqlite:///{workdir / 'once.db'}", f"tags.`{tracking.TAG_TOKEN}` = '{token}'")
-    assert [r.info.run_id for r in found] == [run.info.run_id]
-    assert calls == (["0"] if landed else ["0", "0"])  # one request per try, MLflow's own retries off
+    assert [r.info.run_id for r in found] == made
+    tries = 2 if failure == "refused" else 1
+    assert calls == [("0", "30")] * tries  # one request per try (MLflow's retries off), 3 x the timeout
+
+
+def test_a_job_of_the_pipeline_does_not_look_its_experiment_up(workdir, monkeypatch):
+    """A job finds the experiment's id in the environment the pipeline run exports: one request fewer per job
+    start on a server; in another store (its fallback, say) it looks the experiment up as before."""
+    from mlflow import MlflowClient
+
+    tracking.start_pipeline_run(None, "comedian-exported", name="pipeline export")
+    monkeypatch.setattr(tracking, "_OPEN_STORES", {})  # as in a new job process
+    lookups = []
+    real_lookup = MlflowClient.get_experiment_by_name
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name",
+                        lambda self, name: lookups.append(name) or real_lookup(self, name))
+    with tracking.stage_run("extract", wildcards={"half": 1}) as run:
+        pass
+    assert lookups == [] and run.experiment_id == os.environ[tracking.ENV_EXPERIMENT_ID]
+    tracking.TrackedRun("elsewhere", {}, uri=f"sqlite:///{workdir / 'other.db'}", experiment="comedian-exported").end()
+    assert lookups == ["comedian-exported"]
+    tracking.end_pipeline_run()
 
 
 def test_silent_server_is_given_up_quickly(workdir, caplog):
@@ -549,81 +579,17 @@ def test_killed_invocation_is_closed_by_the_next(workdir):
         tracking.end_pipeline_run(run_id)
 
 
-_TIMED_JOB = textwrap.dedent(
-    """
-    import contextlib, os, sys, time
-    from pathlib import Path
-    # Imported before the clock starts (each job pays them whatever the store; on a cluster, on its own
-    # cores): mlflow, and IPython, which mlflow's Databricks check imports on the first HTTP request.
-    import mlflow
-    from mlflow import MlflowClient
-    with contextlib.suppress(ImportError):
-        import IPython
-    from comedian import tracking
-    Path(f"ready-{sys.argv[1]}").touch()
-    while not Path("go").exists():
-        time.sleep(0.01)
-    start = time.perf_counter()
-    with tracking.stage_run("extract", wildcards={"job": sys.argv[1]}) as run:
-        started = time.perf_counter() - start
-        run.log_metrics({"x": 1.0})
-    print(run.uri, run.run_id, run.token, started)
-    """
-)
-
-
 @pytest.mark.slow
-def test_tracking_server_holds_50_concurrent_jobs(tmp_path):
-    """`comedian tracking-server` prints its URI; 50 jobs starting at once each log their run: over HTTP, or
-    (a job whose request timed out on a loaded machine) to its own offline file, never a shared one; no run
-    is lost. Their tracking start times are printed (median, max): a measurement, not an assertion, as
-    timings on a shared machine are (the issue's < 1 s was not shown here under load 25-40)."""
-    port = _free_port()
-    store = tmp_path / "store"
-    env = {k: v for k, v in os.environ.items() if k not in _ENV_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    server = subprocess.Popen(
-        [sys.executable, "-m", "comedian", "tracking-server", "--store", str(store), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        lines = [server.stdout.readline(), server.stdout.readline()]
-        assert lines[1].strip() == f"tracking.uri: http://127.0.0.1:{port}"
-        url = lines[1].split(": ", 1)[1].strip()
-        _wait_healthy(url, server, limit_s=180)
-        _client(url).create_experiment("comedian")
-        jobs_dir = tmp_path / "jobs"
-        jobs_dir.mkdir()
-        job_env = {**env, tracking.ENV_URI: url, tracking.ENV_PARENT_RUN_ID: "", "OMP_NUM_THREADS": "1"}
-        n = 50
-        procs = [subprocess.Popen([sys.executable, "-c", _TIMED_JOB, str(i)], cwd=jobs_dir, env=job_env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
-        deadline = time.monotonic() + 600
-        while len(list(jobs_dir.glob("ready-*"))) < n and time.monotonic() < deadline:
-            time.sleep(0.1)
-        (jobs_dir / "go").touch()
-        outs = [p.communicate(timeout=600) for p in procs]
-        assert [p.returncode for p in procs] == [0] * n, [err[-500:] for _, err in outs if err]
-        rows = [out.split() for out, _ in outs]
-        fell_back = [uri for uri, _, _, _ in rows if uri != url]
-        starts = sorted(float(s) for _, _, _, s in rows)
-        reasons = collections.Counter(
-            re.sub(r"\d+(\.\d+)?", "N", err.strip().splitlines()[-1])[:160] for _, err in outs if err.strip()
-        )
-        print(f"tracking start of {n} concurrent jobs: median {starts[n // 2]:.2f} s, max {starts[-1]:.2f} s, "
-              f"{len(fell_back)} fell back to their own file; their warnings: {dict(reasons)}")
-        assert len(set(fell_back)) == len(fell_back)  # each fallback is the job's own file, never a shared one
-        assert len(list(jobs_dir.rglob("*.db"))) == len(fell_back)  # no job opened any other sqlite file
-        by_token = collections.defaultdict(list)
-        for run in _runs(url):
-            by_token[run.data.tags[tracking.TAG_TOKEN]].append(run)
-        for uri, run_id, token, _ in rows:
-            if uri == url:  # the job's run is on the server, complete, and only once: none lost, none doubled
-                assert [(r.info.run_id, r.info.status, r.data.metrics) for r in by_token.pop(token)] == [
-                    (run_id, "FINISHED", {"x": 1.0})]
-        # What else the server holds are the runs of fallen-back jobs: what their timed-out requests did
-        # carry out before the job moved (with all it had logged) to its own file.
-        assert set(by_token) <= {token for uri, _, token, _ in rows if uri != url}
-    finally:
-        _stop_server(server)
+def test_tracking_server_holds_50_concurrent_jobs():
+    """50 jobs starting at once against `comedian tracking-server` (bench/bench_tracking.py): each logs its run
+    over HTTP, or (a job whose requests timed out on a loaded machine) to its own offline file, never a shared
+    one; no run is lost and none is held twice. The start times are printed: a measurement, not an assertion
+    (the issue's < 1 s is the bench's to show; here 50 jobs and the server share 2 cores)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "bench_tracking.py"), "--jobs", "50", "--single", "1",
+                          "--json"], check=True, capture_output=True, text=True, env=env, timeout=1500).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    print(result)
+    assert result["runs_lost"] == 0 and result["runs_doubled"] == 0
+    assert result["fallback_files_shared"] == 0 and result["other_sqlite_files"] == 0
+    assert result["start_s_median"] > 0 and result["single_start_s_median"] > 0

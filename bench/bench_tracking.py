@@ -1,0 +1,225 @@
+"""Benchmark: a job's tracking start against `comedian tracking-server`, alone and with N jobs at once.
+
+Starts `comedian tracking-server` on a free local port, then runs the jobs of a cluster in miniature: each
+job is a fresh process that imports what a stage imports, waits for the common start signal and times
+``tracking.stage_run(...)``'s entry (the probe, the experiment lookup and the run's creation), logs one
+metric and ends its run. First ``--single`` jobs one after another (a job's own start cost, the figure a
+cluster job pays when the server is not saturated), then ``--jobs`` jobs at once. On a cluster the jobs
+run on their own nodes; here they share this machine's cores with the server, so the concurrent figure
+also measures CPU contention: ``load_avg`` and ``cores`` are printed beside it.
+
+It also checks what the concurrent jobs leave: every job that logged over HTTP has its run on the
+server once, complete (``runs_lost``, ``runs_doubled``); a job whose requests timed out went on in its own
+offline file (``fell_back``), never a shared one (``fallback_files_shared``), and no job opened
+any other sqlite file (``other_sqlite_files``). Prints one JSON object.
+
+Usage: ``python bench/bench_tracking.py [--jobs 50] [--single 5] [--workers 2] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: One job: prints "<uri> <run id> <run token> <seconds to enter the run>".
+JOB = textwrap.dedent(
+    """
+    import contextlib, os, sys, time
+    from pathlib import Path
+    from comedian import tracking
+    os.environ.update(tracking.MLFLOW_ENV_DEFAULTS)  # as a stage has them when it imports mlflow
+    # Imported before the clock starts (each job pays them whatever the store; on a cluster, on its own
+    # cores): mlflow, and IPython, which mlflow's Databricks check imports on the first HTTP request.
+    import mlflow
+    from mlflow import MlflowClient
+    with contextlib.suppress(ImportError):
+        import IPython
+    Path(f"ready-{sys.argv[1]}").touch()
+    while not Path("go").exists():
+        time.sleep(0.01)
+    start = time.perf_counter()
+    with tracking.stage_run("extract", wildcards={"job": sys.argv[1]}) as run:
+        started = time.perf_counter() - start
+        run.log_metrics({"x": 1.0})
+    print(run.uri, run.run_id, run.token, started)
+    """
+)
+
+#: Environment variables of the caller that would point the jobs elsewhere.
+_CLEARED = ("COMEDIAN_TRACKING", "COMEDIAN_TRACKING_FALLBACK_URI", "COMEDIAN_EXPERIMENT", "MLFLOW_TRACKING_URI",
+            "MLFLOW_EXPERIMENT_NAME")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tracking_server(store: Path, workers: int, env: dict[str, str], limit_s: float = 180.0):
+    """`comedian tracking-server` on a free port; yields its URI (as printed) and process group id once
+    /health answers."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comedian", "tracking-server", "--store", str(store), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", str(workers)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        url = lines[1].split(": ", 1)[1].strip()
+        deadline = time.monotonic() + limit_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tracking server exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"tracking server at {url} not healthy after {limit_s:.0f} s") from None
+                time.sleep(0.5)
+        yield url, proc.pid
+    finally:  # the server and its workers share the process group we started (pgid == pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # workers can outlive the server process
+        proc.wait(timeout=10)
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group ``pgid``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ..., utime (12), stime (13)
+                total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_jobs(n: int, folder: Path, env: dict[str, str], limit_s: float = 600.0) -> list[tuple[list[str], str]]:
+    """Start ``n`` jobs in ``folder``, release them at once; return each one's (stdout fields, stderr)."""
+    folder.mkdir(parents=True)
+    procs = [subprocess.Popen([sys.executable, "-c", JOB, str(i)], cwd=folder, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(n)]
+    deadline = time.monotonic() + limit_s
+    while len(list(folder.glob("ready-*"))) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (folder / "go").touch()
+    outs = [p.communicate(timeout=limit_s) for p in procs]
+    failed = [err[-500:] for p, (_, err) in zip(procs, outs) if p.returncode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {n} jobs failed: {failed[0]}")
+    return [(out.split(), err) for out, err in outs]
+
+
+def server_runs(url: str) -> dict[str, list]:
+    """The server's runs of experiment "comedian", by run token."""
+    from mlflow import MlflowClient
+
+    from comedian import tracking
+
+    client = MlflowClient(tracking_uri=url)
+    experiment = client.get_experiment_by_name("comedian")
+    by_token = collections.defaultdict(list)
+    for run in client.search_runs([experiment.experiment_id], max_results=10_000):
+        by_token[run.data.tags[tracking.TAG_TOKEN]].append(run)
+    return by_token
+
+
+def measure(jobs: int, single: int, workers: int) -> dict:
+    from mlflow import MlflowClient
+
+    from comedian import tracking
+
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED and not k.startswith("MLFLOW_HTTP")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp, \
+            tracking_server(Path(tmp) / "store", workers, env) as (url, server):  # fmt: skip
+        experiment_id = MlflowClient(tracking_uri=url).create_experiment("comedian")
+        # What a pipeline run exports to its jobs (but a parent run: each job's run is top-level here).
+        job_env = {**env, tracking.ENV_URI: url, tracking.ENV_EXPERIMENT: "comedian",
+                   tracking.ENV_EXPERIMENT_ID: experiment_id, tracking.ENV_PARENT_RUN_ID: "", "OMP_NUM_THREADS": "1"}
+        alone = [float(run_jobs(1, Path(tmp) / f"single-{i}", job_env)[0][0][3]) for i in range(single)]
+        load_before, cpu_before = os.getloadavg()[0], group_cpu_s(server)
+        rows = run_jobs(jobs, Path(tmp) / "concurrent", job_env)
+        server_cpu = group_cpu_s(server) - cpu_before
+        starts = sorted(float(fields[3]) for fields, _ in rows)
+        fell_back = [fields[0] for fields, _ in rows if fields[0] != url]
+        warnings = collections.Counter(
+            re.sub(r"\d+(\.\d+)?", "N", err.strip().splitlines()[-1])[:160] for _, err in rows if err.strip()
+        )
+        by_token = server_runs(url)
+        lost = doubled = 0
+        for (uri, run_id, token, _), _ in rows:
+            if uri != url:
+                continue
+            runs = by_token.get(token, [])
+            doubled += len(runs) > 1
+            lost += not any(r.info.run_id == run_id and r.info.status == "FINISHED" and r.data.metrics == {"x": 1.0}
+                            for r in runs)
+        sqlite_files = list((Path(tmp) / "concurrent").rglob("*.db"))
+    return {
+        "jobs": jobs,
+        "server_workers": workers,
+        "cores": os.cpu_count(),
+        "load_avg": round(load_before, 2),
+        "single_start_s_median": round(statistics.median(alone), 3) if alone else None,
+        "start_s_median": round(starts[len(starts) // 2], 3),
+        "start_s_max": round(starts[-1], 3),
+        "server_cpu_s_per_job": round(server_cpu / jobs, 4),
+        # A cluster's jobs run on their own nodes: the server's CPU is then the shared resource, and the
+        # last of N simultaneous starts waits about N x its CPU per job / its workers beyond its own start.
+        "projected_start_s_max_on_cluster": round(
+            (statistics.median(alone) if alone else 0.0) + server_cpu / workers, 3
+        ),
+        "fell_back": len(fell_back),
+        "fallback_warnings": dict(warnings),
+        "fallback_files_shared": len(fell_back) - len(set(fell_back)),
+        "other_sqlite_files": len(sqlite_files) - len(set(fell_back)),
+        "runs_lost": lost,
+        "runs_doubled": doubled,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=50, help="jobs started at once (default 50)")
+    parser.add_argument("--single", type=int, default=5, help="jobs run one after another first (default 5)")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON object")
+    args = parser.parse_args(argv)
+    result = measure(args.jobs, args.single, args.workers)
+    if not args.json:
+        print(f"one job alone: tracking start {result['single_start_s_median']} s (median of {args.single}); "
+              f"{args.jobs} at once on {result['cores']} cores (load {result['load_avg']}): median "
+              f"{result['start_s_median']} s, max {result['start_s_max']} s, {result['fell_back']} fell back",
+              file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
