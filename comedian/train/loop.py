@@ -468,7 +468,8 @@ class Trainer:
         self.local_batch = config.batch_size // self.ctx.world_size
         if not any(p.epochs > 0 for p in config.phases):
             raise InputError(f"{config.step}: no epochs to train (every phase has 0 epochs)")
-        self.sampler = EpochSampler(len(dataset), config.seed, True, self.ctx.rank, self.ctx.world_size)
+        self.sampler = EpochSampler(len(dataset), config.seed, True, self.ctx.rank, self.ctx.world_size,
+                                    runs=getattr(dataset, "runs", None), block=self.local_batch)
         self.steps_per_epoch = len(self.sampler) // self.local_batch
         if self.steps_per_epoch < 1:
             raise InputError(
