@@ -11,15 +11,24 @@ H.264 video extracted at 2 fps, MJPEG q:v 3):
   collating a batch (:func:`comedian.data.clips.collate_samples`), one thread;
 - ``decode_floor_ms_per_clip``: CPU time of decoding the same frames' JPEGs alone (``torchvision.io.
   decode_jpeg``, bytes already in memory, native size, no resize);
-- ``ratio``: the two, measured interleaved clip by clip (goal <= 1.3);
+- ``ratio``: the two, measured interleaved batch by batch (goal <= 1.3);
 - ``device_augment_ms_per_clip``: what the training step does on its device per clip before the model
   (:func:`comedian.preprocess.prepare_batch`: [decode,] augment, normalise; wall time per clip over a batch,
   synchronised), on ``device``.
 
+Step 1 is also measured with its run reader, side by side in the same run (``pretrain_spatial`` gets
+``runs_loader_cpu_ms_per_clip``, ``runs_decode_floor_ms_per_clip``, ``runs_ratio`` and ``subvideos_per_run``):
+the batches the training loop draws with ``subvideos_per_run`` (:class:`comedian.data.clips.EpochSampler`
+with runs), each built by one ``dataset.__getitems__`` call as a DataLoader worker does (one HDF5 read and
+one decoding call per run of consecutive seconds), against the floor of the same sub-videos decoded one by
+one, as for the plain figures, which are those of the per-sample reader (random keys, ``dataset[key]`` one
+by one).
+
 The loader is set up as the training steps set it up for CUDA training (``--loader-for cuda``: the workers
 decode at the native size, the device resizes; ``cpu``: the workers also resize, see
 :func:`comedian.data.clips.decode_size`). With ``--decode device`` the workers only read JPEG bytes and the
-device part decodes them too (nvJPEG on CUDA). Usage: ``python bench/bench_loader.py [--json] [--clips 12] [--device cpu] [--decode worker]``.
+device part decodes them too (nvJPEG on CUDA). Usage: ``python bench/bench_loader.py [--json] [--clips 12] [--device cpu] [--decode worker]
+[--only pretrain_spatial] [--subvideos-per-run 16]``.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +49,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from comedian.data.clips import (
     AugmentSpec,
     ClipAugment,
+    EpochSampler,
     SubVideoPairs,
     WindowClips,
     collate_samples,
@@ -53,6 +64,7 @@ from comedian.train.loop import _to_device
 GAME = "bench/2024-2025/2024-08-01 - 18-00 Home 1 - 0 Away"
 SIZE = 224
 WINDOW_FRAMES = 64
+STEPS = ("pretrain_spatial", "pretrain_temporal", "finetune")
 PROBABILITIES = ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p")
 
 
@@ -128,35 +140,78 @@ def device_part(batch: dict[str, Any], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def measure(dataset: Any, files: list[PackedFrames], clips: int, device: torch.device, batch: int) -> dict[str, Any]:
-    keys = [(0, int(i)) for i in np.random.default_rng(1).permutation(len(dataset))[:clips]]
-    collate_samples([dataset[keys[0]]])  # warm-up: imports, file handles
-    loader = floor = 0.0
-    batches = []
-    for first in range(0, clips, batch):
-        samples = []
-        for key in keys[first : first + batch]:  # interleaved, so both see the same machine state
-            h, start, count = sample_frames(dataset, key[1])
-            jpegs = [torch.from_numpy(j.copy()) for j in files[h].read_jpegs(start, count)]
-            t0 = time.process_time()
-            decode_floor(jpegs)
-            t1 = time.process_time()
-            samples.append(dataset[key])
-            t2 = time.process_time()
-            floor += t1 - t0
-            loader += t2 - t1
+def step_one_runs(frames_dir: Path, decode: str, worker_resize: bool, per_run: int) -> SubVideoPairs:
+    """Step 1's dataset read in runs of ``per_run`` consecutive sub-videos (``subvideos_per_run``)."""
+    views = pretrain_spatial.view_augments(all_on(pretrain_spatial.DEFAULT_AUGMENT), SIZE)
+    return SubVideoPairs(list_halves(frames_dir, [GAME]), views, seed=0, frames=2, decode=decode,
+                         worker_resize=worker_resize, per_run=per_run)
+
+
+def run_batches(dataset: SubVideoPairs, clips: int, batch: int) -> list[list[tuple[int, int]]]:
+    """The first batches of epoch 0 as the training loop draws them with runs (:class:`EpochSampler`)."""
+    sampler = EpochSampler(len(dataset), seed=1, runs=dataset.runs, block=batch)
+    keys = list(sampler)[:clips]
+    return [keys[first : first + batch] for first in range(0, len(keys), batch)]
+
+
+@dataclass
+class Reader:
+    """One way of building a step's batches: the dataset, the batches of keys, and whether a batch is built
+    at once (``dataset.__getitems__``, step 1's run reader) or sample by sample (``dataset[key]``)."""
+
+    dataset: Any
+    key_batches: list[list[tuple[int, int]]]
+    batched: bool = False
+    loader: float = 0.0
+    floor: float = 0.0
+
+
+def measure(readers: list[Reader], files: list[PackedFrames], device: torch.device) -> list[dict[str, Any]]:
+    """The figures of one step (module docstring) for each reader, interleaved batch by batch (reader after
+    reader), so that all see the same machine state: the decoding floor of the batch's samples one by one,
+    then the reader building them, then collating them."""
+    for r in readers:
+        collate_samples([r.dataset[r.key_batches[0][0]]])  # warm-up: imports, file handles
+
+    def floor_of(dataset: Any, key: tuple[int, int]) -> float:
+        h, start, count = sample_frames(dataset, key[1])
+        jpegs = [torch.from_numpy(j.copy()) for j in files[h].read_jpegs(start, count)]
         t0 = time.process_time()
-        batches.append(collate_samples(samples))
-        loader += time.process_time() - t0
-    device_part(batches[0], device)  # warm-up
-    seconds = min(device_part(batches[0], device) for _ in range(3))
-    return {
-        "loader_cpu_ms_per_clip": 1000 * loader / clips,
-        "decode_floor_ms_per_clip": 1000 * floor / clips,
-        "ratio": loader / floor,
-        "device_augment_ms_per_clip": 1000 * seconds / len(keys[:batch]),
-        "device": str(device),
-    }
+        decode_floor(jpegs)
+        return time.process_time() - t0
+
+    firsts = []
+    for b in range(max(len(r.key_batches) for r in readers)):
+        for r in readers:
+            if b >= len(r.key_batches):
+                continue
+            keys = r.key_batches[b]
+            r.floor += sum(floor_of(r.dataset, key) for key in keys)
+            t0 = time.process_time()
+            samples = r.dataset.__getitems__(keys) if r.batched else [r.dataset[key] for key in keys]
+            batch = collate_samples(samples)
+            r.loader += time.process_time() - t0
+            if b == 0:
+                firsts.append(batch)
+    out = []
+    for r, batch in zip(readers, firsts):
+        clips = sum(len(keys) for keys in r.key_batches)
+        device_part(batch, device)  # warm-up
+        seconds = min(device_part(batch, device) for _ in range(3))
+        out.append({
+            "loader_cpu_ms_per_clip": 1000 * r.loader / clips,
+            "decode_floor_ms_per_clip": 1000 * r.floor / clips,
+            "ratio": r.loader / r.floor,
+            "device_augment_ms_per_clip": 1000 * seconds / len(r.key_batches[0]),
+            "device": str(device),
+        })
+    return out
+
+
+def random_batches(dataset: Any, clips: int, batch: int) -> list[list[tuple[int, int]]]:
+    """``clips`` keys of epoch 0 in random order (no runs), in batches of ``batch``."""
+    keys = [(0, int(i)) for i in np.random.default_rng(1).permutation(len(dataset))[:clips]]
+    return [keys[first : first + batch] for first in range(0, len(keys), batch)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loader-for", default="cuda", choices=("cuda", "cpu"),
                         help="the loader as the training steps set it up for this training device: for cuda "
                              "(default, the paper's) the device resizes, for cpu the workers resize")
+    parser.add_argument("--subvideos-per-run", type=int, default=16,
+                        help="step 1's run reader: consecutive 1-s sub-videos per run (default 16)")
+    parser.add_argument("--only", nargs="+", default=list(STEPS), choices=STEPS, help="steps to measure (default all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -181,14 +239,31 @@ def main(argv: list[str] | None = None) -> int:
         files = [PackedFrames(h.path) for h in data["finetune"].halves]
         mean_bytes = float(np.diff(files[0].offsets).mean())
         for name, dataset in data.items():
-            clips = 8 * args.clips if name == "pretrain_spatial" else args.clips
-            out[name] = measure(dataset, files, clips, device, 8 * args.batch if name == "pretrain_spatial"
-                                else args.batch)
+            if name not in args.only:
+                continue
+            one = name == "pretrain_spatial"
+            clips, batch = (8 * args.clips, 8 * args.batch) if one else (args.clips, args.batch)
+            readers = [Reader(dataset, random_batches(dataset, clips, batch))]
+            if one:  # the run reader side by side: the batches the loop draws with runs, each read at once
+                runs = step_one_runs(frames_dir, args.decode, args.loader_for == "cpu", args.subvideos_per_run)
+                readers.append(Reader(runs, run_batches(runs, clips, batch), batched=True))
+            figures = measure(readers, files, device)
+            out[name] = figures[0]
+            if one:
+                by_run = figures[1]
+                out[name].update({f"runs_{k}": by_run[k] for k in ("loader_cpu_ms_per_clip",
+                                                                  "decode_floor_ms_per_clip", "ratio")})
+                out[name]["subvideos_per_run"] = args.subvideos_per_run
             if not args.json:
                 r = out[name]
                 print(f"{name:18s} loader {r['loader_cpu_ms_per_clip']:8.2f} ms/clip  decode floor "
                       f"{r['decode_floor_ms_per_clip']:7.2f} ms/clip  ratio {r['ratio']:6.2f}  device part "
                       f"{r['device_augment_ms_per_clip']:7.2f} ms/clip on {r['device']}", flush=True)
+                if one:
+                    print(f"{'  in runs of ' + str(args.subvideos_per_run):18s} loader "
+                          f"{r['runs_loader_cpu_ms_per_clip']:8.2f} ms/clip  decode floor "
+                          f"{r['runs_decode_floor_ms_per_clip']:7.2f} ms/clip  ratio {r['runs_ratio']:6.2f}",
+                          flush=True)
     if not args.json:
         print(f"frames: 398x224 JPEGs of {mean_bytes / 1024:.1f} KiB on average (q:v 3)")
     print(json.dumps(out))

@@ -194,6 +194,47 @@ def test_epoch_sampler_pads_to_a_multiple_of_the_world_size():
     assert {i for s in shards for _, i in s} == set(range(5))
 
 
+def _run_lengths(epoch: int) -> np.ndarray:
+    return np.array([3, 1, 4, 2, 2] if epoch % 2 else [4, 4, 2, 2])  # 12 indices either way
+
+
+def test_epoch_sampler_keeps_runs_together_and_shards_like_one_process():
+    single = EpochSampler(12, seed=5, runs=_run_lengths, block=4)
+    for epoch in (2, 3):
+        single.set_epoch(epoch)
+        order = [i for _, i in single]
+        assert order == [i for _, i in single] and sorted(order) == list(range(12))
+        lengths = _run_lengths(epoch)
+        firsts = np.cumsum(lengths) - lengths
+        for first, n in zip(firsts, lengths):  # each run's indices appear consecutive, in order
+            at = order.index(int(first))
+            assert order[at : at + n] == list(range(first, first + n))
+    single.set_epoch(2)
+    keys = list(single)
+    assert [i for _, i in single] != [i for _, i in EpochSampler(12, seed=6, runs=_run_lengths, block=4)]
+    ranks = [EpochSampler(12, seed=5, rank=r, world_size=2, runs=_run_lengths, block=2) for r in range(2)]
+    for r in ranks:
+        r.set_epoch(2)
+    shards = [list(r) for r in ranks]
+    for b in range(3):  # batch b of 2 per rank: the keys of batch b of 4 of the single process, in order
+        assert shards[0][2 * b : 2 * b + 2] + shards[1][2 * b : 2 * b + 2] == keys[4 * b : 4 * b + 4]
+    ranks[1].set_epoch(2, skip=2)
+    assert list(ranks[1]) == shards[1][2:]  # resumed mid-epoch: the rest of the same shard
+    padded = [EpochSampler(5, seed=0, rank=r, world_size=2, runs=lambda e: np.array([2, 3]), block=2)
+              for r in range(2)]
+    assert [len(list(r)) for r in padded] == [3, 3] and {i for r in padded for _, i in r} == set(range(5))
+    with pytest.raises(ValueError, match="do not cut"):
+        list(EpochSampler(5, seed=0, runs=lambda e: np.array([2, 2])))
+
+
+def test_without_runs_the_sampler_shuffles_as_before():
+    plain, none = EpochSampler(12, seed=5, rank=1, world_size=2), EpochSampler(12, seed=5, rank=1, world_size=2,
+                                                                               runs=lambda e: None, block=3)
+    for s in (plain, none):
+        s.set_epoch(4)
+    assert list(plain) == list(none)
+
+
 # --------------------------------------------------------------------------------------------------
 # Augmentation
 
@@ -357,3 +398,56 @@ def test_subvideos_per_half_are_drawn_afresh_every_epoch(halves):
     assert np.array_equal(a, SubVideoPairs(halves, views, seed=1, per_half=2).subvideos(0))  # from (seed, epoch)
     assert not np.array_equal(a, b)
     assert np.array_equal(SubVideoPairs(halves, views, seed=1, per_half=10_000).subvideos(3), every.starts)
+
+
+def test_runs_are_consecutive_seconds_of_one_half(halves):
+    views = (ClipAugment(AugmentSpec(), 8),) * 2
+    assert SubVideoPairs(halves, views, seed=0).runs(0) is None  # per_run 1: every sample on its own
+    data = SubVideoPairs(halves, views, seed=0, per_run=8)
+    lengths = data.runs(0)
+    per_half = [n // 2 for n in COUNTS.values()]  # 20, 16, 18, 6 sub-videos
+    assert lengths.tolist() == [8, 8, 4, 8, 8, 8, 8, 2, 6] and lengths.sum() == sum(per_half) == len(data)
+    sparse = SubVideoPairs(halves, views, seed=0, per_half=3, per_run=8)
+    for epoch in range(3):  # with per_half, only sub-videos drawn next to each other share a run
+        sub, firsts = sparse.subvideos(epoch), np.cumsum(sparse.runs(epoch)) - sparse.runs(epoch)
+        for first, n in zip(firsts, sparse.runs(epoch)):
+            rows = sub[first : first + n]
+            assert (rows[:, 0] == rows[0, 0]).all() and (np.diff(rows[:, 1]) == 2).all()
+    with pytest.raises(InputError, match="subvideos_per_run"):
+        SubVideoPairs(halves, views, seed=0, per_run=0)
+
+
+@pytest.mark.parametrize("decode", ["worker", "device"])
+def test_a_run_is_one_read_and_gives_each_key_its_own_sample(halves, decode, monkeypatch):
+    """__getitems__ over a batch with runs equals dataset[key] key by key (frames and both views'
+    augmentation), with one contiguous read per run (keys consecutive in one half)."""
+    augments = (ClipAugment(_strong(blur_p=1.0, solarize_p=0.0), 8), ClipAugment(_strong(blur_p=0.1), 8))
+    data = SubVideoPairs(halves, augments, seed=4, decode=decode, per_run=4)
+    keys = [(2, 3), (2, 4), (2, 5), (2, 6), (2, 19), (2, 20), (2, 0), (3, 1), (3, 2)]  # 19|20: another half
+    single = [SubVideoPairs(halves, augments, seed=4, decode=decode)[k] for k in keys]
+    from comedian.data.frames import PackedFrames
+
+    reads = []
+    original = PackedFrames.read_jpegs
+    monkeypatch.setattr(PackedFrames, "read_jpegs",
+                        lambda self, start, count: reads.append((start, count)) or original(self, start, count))
+    batch = data.__getitems__(keys)
+    assert reads == [(6, 8), (38, 2), (0, 2), (0, 2), (2, 4)]  # runs: 3-6, 19, 20 (half 1), 0, then epoch 3
+    assert _same_sample(collate_samples(batch), collate_samples(single))
+    if decode == "worker":
+        assert _level(collate_samples(batch)["clip"][:4].flatten(0, 1)).tolist() == list(range(6, 14))
+
+
+def test_step_one_batches_do_not_depend_on_workers(halves):
+    """The Trainer's sampler with runs and 0 or 2 DataLoader workers: the same batches, run by run."""
+    def loader(workers: int):
+        data = SubVideoPairs(halves, (ClipAugment(_strong(), 8),) * 2, seed=3, per_run=4)
+        sampler = EpochSampler(len(data), seed=3, runs=data.runs, block=6)
+        sampler.set_epoch(1)
+        return torch.utils.data.DataLoader(data, batch_size=6, sampler=sampler, num_workers=workers,
+                                           collate_fn=collate_samples, drop_last=True)
+
+    first, second = (list(loader(w)) for w in (0, 2))
+    assert len(first) == len(second) == 60 // 6
+    for a, b in zip(first, second):
+        assert _same_sample(a, b)

@@ -455,6 +455,35 @@ def test_jpeg_decoding_on_the_device_trains_like_decoding_in_the_workers(data, t
     assert frame_loading("auto", DistContext(), "x", quiet=True) == {"decode": "worker", "worker_resize": True}
 
 
+SPATIAL_RUNS = {"epochs": 2, "warmup_epochs": 0, "batch_size": 8, "lr": 0.01, "queue_size": 64, "proj_dim": 16,
+                "proj_hidden": 32, "pred_hidden": 32, "subvideos_per_run": 4}
+
+
+def test_step_one_in_runs_trains_the_same_for_any_worker_count(data, tmp_path):
+    """subvideos_per_run: batches of runs of consecutive seconds, read a run at once; 0 or 2 loader workers
+    give the same weights, and the runs change which samples share a batch (other weights than per sample)."""
+    for name, step, workers in (("w0", SPATIAL_RUNS, "0"), ("w2", SPATIAL_RUNS, "2"),
+                                ("single", {**SPATIAL_RUNS, "subvideos_per_run": 1}, "0")):
+        argv = _common(data, tmp_path / name)
+        argv[argv.index("--workers") + 1] = workers
+        assert pretrain_spatial.main(argv + ["--step", json.dumps(step)]) == 0
+    _assert_same_weights(_weights(tmp_path / "w0" / "out.pt"), _weights(tmp_path / "w2" / "out.pt"))
+    runs, single = _weights(tmp_path / "w0" / "out.pt"), _weights(tmp_path / "single" / "out.pt")
+    assert any(not torch.equal(runs[k], single[k]) for k in runs)
+
+
+@pytest.mark.slow
+def test_step_one_in_runs_on_two_processes_matches_one_process(data, tmp_path):
+    """With runs, each rank takes a contiguous half of the single process's batch (and the queue gathers the
+    keys in that order): two DDP processes reach the single process's weights up to float rounding."""
+    model = {**MODEL, "drop_path": 0.0}  # drop path draws per rank: off for the comparison
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
+        argv = _common(data, tmp_path / name, model) + ["--step", json.dumps(SPATIAL_RUNS)]
+        subprocess.run([sys.executable, *launcher, "-m", "comedian.train.pretrain_spatial", *argv], check=True,
+                       env=_env(), timeout=300)
+    _assert_same_weights(_weights(tmp_path / "one" / "out.pt"), _weights(tmp_path / "two" / "out.pt"), atol=5e-5)
+
+
 # --------------------------------------------------------------------------------------------------
 # Resume after SIGKILL and DDP equivalence, in subprocesses
 

@@ -267,14 +267,26 @@ class EpochSampler(Sampler):
     index from r on. Hence the ranks' b-th batches of B / world_size keys together hold exactly the keys of
     the b-th batch of B of a single process. Call :meth:`set_epoch` before each epoch; ``skip`` there
     leaves out the rank's first keys of the epoch (those a mid-epoch checkpoint had already consumed).
+
+    With ``runs`` (a function of the epoch returning run lengths that cut ``0 .. n - 1`` into consecutive
+    runs, in index order, or None for no runs that epoch; :meth:`SubVideoPairs.runs`), the keys of a run stay
+    together: the permutation is over the runs, and the ranks take the order in chunks of ``block`` keys (the
+    local batch), chunk j going to rank ``j % world_size`` (the end of the epoch that makes no whole round of
+    chunks is shared as without runs, every rank getting less than a batch of it), so that the ranks' b-th
+    batches still hold exactly the keys of the single process's b-th batch while a run is cut only where a
+    batch boundary falls.
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 runs: Callable[[int], np.ndarray | None] | None = None, block: int = 1) -> None:
         if n < 1:
             raise ValueError("EpochSampler needs at least one sample")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
         self.n, self.seed, self.shuffle, self.rank, self.world_size = n, seed, shuffle, rank, world_size
+        self.runs, self.block = runs, block
         self.epoch = 0
         self.skip = 0
 
@@ -284,14 +296,32 @@ class EpochSampler(Sampler):
     def __len__(self) -> int:
         return math.ceil(self.n / self.world_size) - self.skip
 
+    def _order(self, lengths: np.ndarray | None) -> np.ndarray:
+        """The epoch's indices in order: shuffled (or not), run by run when there are runs."""
+        rng = sample_rng(self.seed, STREAM_ORDER, self.epoch, 0)
+        if lengths is None:
+            return rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.sum() != self.n or (lengths < 1).any():
+            raise ValueError(f"runs of lengths summing to {int(lengths.sum())} do not cut {self.n} samples")
+        firsts = np.cumsum(lengths) - lengths
+        which = rng.permutation(len(lengths)) if self.shuffle else np.arange(len(lengths))
+        chosen = lengths[which]
+        within = np.arange(self.n) - np.repeat(np.cumsum(chosen) - chosen, chosen)
+        return np.repeat(firsts[which], chosen) + within
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            order = sample_rng(self.seed, STREAM_ORDER, self.epoch, 0).permutation(self.n)
-        else:
-            order = np.arange(self.n)
+        lengths = self.runs(self.epoch) if self.runs is not None else None
+        order = self._order(lengths)
         total = math.ceil(self.n / self.world_size) * self.world_size
         order = np.resize(order, total)  # wraps around to pad
-        for index in order[self.rank :: self.world_size][self.skip :]:
+        if lengths is None:
+            mine = order[self.rank :: self.world_size]
+        else:  # whole rounds of one block per rank, then the rest (less than a block each) as without runs
+            head = total // (self.block * self.world_size) * self.block * self.world_size
+            mine = np.concatenate([order[:head][(np.arange(head) // self.block) % self.world_size == self.rank],
+                                   order[head + self.rank :: self.world_size]])
+        for index in mine[self.skip :]:
             yield self.epoch, int(index)
 
 
@@ -487,14 +517,25 @@ class FrameStore:
         """Frames ``start .. start + count - 1`` of half ``index`` as a sample holds them (see the class
         docstring); ``size`` = the decoding size (``decode="worker"`` only). Frames past the end of the half
         repeat its last frame."""
+        return self.clips(index, start, count, 1, size)[0]
+
+    def clips(self, index: int, start: int, count: int, n: int,
+              size: tuple[int, int] | None = None) -> list[dict[str, torch.Tensor]]:
+        """``n`` consecutive clips of ``count`` frames of half ``index`` from frame ``start`` (clip k: frames
+        ``start + k count ..``), each as :meth:`clip` returns it, from ONE contiguous read of their frames
+        (and one decoding call); frames past the end of the half repeat its last frame."""
+        total = count * n
         if self.decode == "worker":
-            return {"clip": self.frames(index, start, count, size)}
+            frames = self.frames(index, start, total, size)
+            return [{"clip": frames[k * count : (k + 1) * count]} for k in range(n)]
         frames = self.file(index)
-        available = min(count, frames.count - start)
+        available = min(total, frames.count - start)
         jpegs = frames.read_jpegs(start, available)
-        jpegs += [jpegs[-1]] * (count - available)
-        return {"jpeg": torch.from_numpy(np.concatenate(jpegs)),
-                "jpeg_lengths": torch.tensor([j.size for j in jpegs], dtype=torch.int64)}
+        jpegs += [jpegs[-1]] * (total - available)
+        lengths = torch.tensor([j.size for j in jpegs], dtype=torch.int64).view(n, count)
+        data = torch.from_numpy(np.concatenate(jpegs))
+        cuts = [0, *torch.cumsum(lengths.sum(dim=1), 0).tolist()]
+        return [{"jpeg": data[cuts[k] : cuts[k + 1]], "jpeg_lengths": lengths[k]} for k in range(n)]
 
     def frames(self, index: int, start: int, count: int, size: tuple[int, int] | None = None) -> list[torch.Tensor]:
         """Frames ``start ..`` of half ``index`` decoded at ``size`` (None = native), one uint8 (3, H, W) tensor
@@ -536,19 +577,31 @@ class SubVideoPairs(Dataset):
     every epoch from (seed, epoch): :meth:`subvideos`), as two augmented views.
 
     ``dataset[(epoch, index)]`` -> the sub-video's frames (:meth:`FrameStore.clip`: ``clip`` uint8 (frames,
-    3, H, W) at :func:`decode_size` (``worker_resize``), or its JPEGs) and the two views' augmentation parameters ``augment_view1``, ``augment_view2``
-    (:meth:`ClipParams.tensors`; one draw per view, the same for both frames of the view), which the
-    training step applies (:func:`comedian.preprocess.augment`).
+    3, H, W) at :func:`decode_size` (``worker_resize``), or its JPEGs) and the two views' augmentation
+    parameters ``augment_view1``, ``augment_view2`` (:meth:`ClipParams.tensors`; one draw per view, the same
+    for both frames of the view), which the training step applies (:func:`comedian.preprocess.augment`).
+
+    Runs. A 2-frame sample costs a loader about as much in per-sample work (an HDF5 read, a decoding call,
+    Python) as in JPEG decoding, so samples are read in runs: :meth:`__getitems__` (what the DataLoader calls
+    with a batch's keys) reads each stretch of keys that are consecutive sub-videos of one half with ONE
+    contiguous read and one decoding call (:meth:`FrameStore.clips`); and with ``per_run`` > 1, :meth:`runs`
+    cuts the epoch into runs of up to ``per_run`` consecutive sub-videos of a half, which
+    :class:`EpochSampler` keeps together in a batch. Each sample's frames and augmentation stay those of its
+    own key (``dataset[key]`` returns the same as reading it in a run), so only which samples share a batch
+    changes; a run's sub-videos are neighbouring seconds, never negatives of one another in the MoCo loss
+    (its negatives are the queue's earlier keys).
     """
 
     def __init__(self, halves: Sequence[HalfVideo], augments: tuple[ClipAugment, ClipAugment], seed: int,
                  frames: int = 2, cache_mb: float = 0.0, per_half: int | None = None, decode: str = "worker",
-                 worker_resize: bool = True) -> None:
+                 worker_resize: bool = True, per_run: int = 1) -> None:
+        if per_run < 1:
+            raise InputError(f"subvideos_per_run: must be >= 1, got {per_run}")
         self.files = FrameStore(halves, cache_mb, decode)
         self.worker_resize = worker_resize
         self.starts = subvideo_starts(halves, frames)
         self.augments = augments
-        self.seed, self.frames = seed, frames
+        self.seed, self.frames, self.per_run = seed, frames, int(per_run)
         counts = np.bincount(self.starts[:, 0], minlength=len(halves))
         self.per_half = None if per_half is None or per_half >= counts.max() else int(per_half)
         self._epoch_starts: tuple[int, np.ndarray] | None = None
@@ -570,16 +623,49 @@ class SubVideoPairs(Dataset):
             self._epoch_starts = (epoch, np.concatenate(rows))
         return self._epoch_starts[1]
 
+    def _follows(self, subvideos: np.ndarray, a: Any, b: Any) -> Any:
+        """Whether sub-video(s) ``b`` come right after ``a`` in the same half (index arrays or ints)."""
+        return (subvideos[b, 0] == subvideos[a, 0]) & (subvideos[b, 1] == subvideos[a, 1] + self.frames)
+
+    def runs(self, epoch: int) -> np.ndarray | None:
+        """The epoch's runs for :class:`EpochSampler`: lengths (int64) cutting the indices ``0 .. len - 1``
+        into stretches of at most ``per_run`` consecutive sub-videos of one half; None when ``per_run`` is 1
+        (every sample on its own). With ``per_half``, only sub-videos drawn next to each other form runs."""
+        if self.per_run == 1:
+            return None
+        subvideos = self.subvideos(epoch)
+        new = np.ones(len(subvideos), dtype=bool)
+        new[1:] = ~self._follows(subvideos, np.arange(len(subvideos) - 1), np.arange(1, len(subvideos)))
+        first = np.flatnonzero(new)
+        position = np.arange(len(subvideos)) - first[np.cumsum(new) - 1]  # within its stretch
+        first = np.flatnonzero(new | (position % self.per_run == 0))
+        return np.diff(np.append(first, len(subvideos)))
+
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, index = key
-        half, start = self.subvideos(epoch)[index]
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """The samples of ``keys``, in order, each as ``dataset[key]``; keys that follow each other in the list
+        and are consecutive sub-videos of one half (same epoch) are read as one run."""
         crops = self.augments[0].spec.crops or self.augments[1].spec.crops
-        size = decode_size(self.files.file(int(half)).size, self.augments[0].size, crops, self.worker_resize)
-        item: dict[str, Any] = self.files.clip(int(half), int(start), self.frames, size)
-        rng = sample_rng(self.seed, STREAM_AUGMENT, epoch, index)
-        item["augment_view1"] = self.augments[0].draw(rng).tensors()
-        item["augment_view2"] = self.augments[1].draw(rng).tensors()
-        return item
+        items: list[dict[str, Any]] = []
+        k = 0
+        while k < len(keys):
+            epoch = int(keys[k][0])
+            subvideos = self.subvideos(epoch)
+            rows = [int(keys[k][1])]
+            while (k + len(rows) < len(keys) and int(keys[k + len(rows)][0]) == epoch
+                   and self._follows(subvideos, rows[-1], int(keys[k + len(rows)][1]))):
+                rows.append(int(keys[k + len(rows)][1]))
+            half, start = (int(v) for v in subvideos[rows[0]])
+            size = decode_size(self.files.file(half).size, self.augments[0].size, crops, self.worker_resize)
+            for index, item in zip(rows, self.files.clips(half, start, self.frames, len(rows), size)):
+                rng = sample_rng(self.seed, STREAM_AUGMENT, epoch, index)
+                item["augment_view1"] = self.augments[0].draw(rng).tensors()
+                item["augment_view2"] = self.augments[1].draw(rng).tensors()
+                items.append(item)
+            k += len(rows)
+        return items
 
 
 class WindowClips(Dataset):

@@ -35,7 +35,9 @@ whose ``forward(batch)`` returns the loss — a dataset keyed by ``(epoch, index
   final weights as an uninterrupted run, bit for bit on CPU with the same number of processes. A
   ``last.pt`` of another configuration is set aside (renamed ``last.pt.stale``) and training starts over.
 - **DDP**: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised (NCCL on CUDA, gloo on
-  CPU), every rank reads its share of each epoch's samples (:class:`~comedian.data.clips.EpochSampler`),
+  CPU), every rank reads its share of each epoch's samples (:class:`~comedian.data.clips.EpochSampler`; a
+  dataset with ``runs``, step 1's, has its runs of consecutive samples kept together, a rank's batch a
+  contiguous chunk of the single-process batch),
   the trainable module is wrapped in ``DistributedDataParallel``; the global batch is split evenly over
   the ranks; rank 0 writes the checkpoints and the output, and logs.
 - **Divergence**: a NaN or infinite loss (or gradient norm) on any rank stops every rank with
@@ -468,7 +470,8 @@ class Trainer:
         self.local_batch = config.batch_size // self.ctx.world_size
         if not any(p.epochs > 0 for p in config.phases):
             raise InputError(f"{config.step}: no epochs to train (every phase has 0 epochs)")
-        self.sampler = EpochSampler(len(dataset), config.seed, True, self.ctx.rank, self.ctx.world_size)
+        self.sampler = EpochSampler(len(dataset), config.seed, True, self.ctx.rank, self.ctx.world_size,
+                                    runs=getattr(dataset, "runs", None), block=self.local_batch)
         self.steps_per_epoch = len(self.sampler) // self.local_batch
         if self.steps_per_epoch < 1:
             raise InputError(

@@ -1,9 +1,10 @@
 """Step 1, ``comedian pretrain-spatial``: MoCo pretraining of the spatial transformer (paper Sec. 3.2, Eq. 1-2).
 
 Samples: every 1-s sub-video (2 frames, one tubelet) of every training half, or ``subvideos_per_half`` of
-each half's drawn afresh every epoch (:class:`~comedian.data.clips.SubVideoPairs`), two views each, augmented clip-consistently (the same crop,
-flip, colour jitter, grayscale, blur and solarisation for both frames of a view) from two distributions
-A1, A2 that differ in blur and solarisation probabilities (SPEC.md §3).
+each half's drawn afresh every epoch (:class:`~comedian.data.clips.SubVideoPairs`), shuffled one by one or in
+runs of ``subvideos_per_run`` consecutive seconds of a half (each run read at once); two views each,
+augmented clip-consistently (the same crop, flip, colour jitter, grayscale, blur and solarisation for both
+frames of a view) from two distributions A1, A2 that differ in blur and solarisation probabilities (SPEC.md §3).
 
 Branches (:class:`MoCoModule`):
 
@@ -81,6 +82,9 @@ class SpatialSettings:
         momentum: EMA momentum at the start (rises to 1).
         subvideos_per_half: sub-videos of each half per epoch, drawn afresh every epoch; None = every one
             (the authors').
+        subvideos_per_run: the epoch is shuffled in runs of up to this many consecutive sub-videos of a half
+            (seconds), each run read at once and kept in one batch (:class:`~comedian.data.clips.SubVideoPairs`);
+            1 = every sub-video shuffled on its own (the authors').
         target_mode: ``train`` (the authors: the EMA target runs in train mode, drop path on, as a
             submodule of their Lightning module) or ``eval``.
         proj_dim, proj_hidden, pred_hidden: projector output / hidden widths, predictor hidden width.
@@ -106,6 +110,7 @@ class SpatialSettings:
     momentum: float = 0.99
     target_mode: str = "train"
     subvideos_per_half: int | None = None
+    subvideos_per_run: int = 1
     proj_dim: int = 256
     proj_hidden: int = 1024
     pred_hidden: int = 1024
@@ -211,7 +216,7 @@ def prepare(args: argparse.Namespace, ctx: DistContext) -> Prepared:
     halves = list_halves(args.frames_dir, games)
     dataset = SubVideoPairs(halves, view_augments(settings.augment, size), args.seed, model.tubelet_size,
                             settings.frame_cache_mb, settings.subvideos_per_half,
-                            **frame_loading(args.decode, ctx, STEP, args.quiet))
+                            per_run=settings.subvideos_per_run, **frame_loading(args.decode, ctx, STEP, args.quiet))
     loop = LoopConfig(
         step=STEP,
         phases=(Phase("train", settings.epochs, settings.lr, settings.warmup_epochs, settings.final_lr_ratio,
