@@ -10,17 +10,17 @@ rule evaluate:
         labels=split_labels,
     output:
         PATHS["evaluate"],
-    params:
-        labels=data_root,
-        classes=class_flags(),
-    group:
-        "scoring"
     log:
         "logs/evaluate/{key}/{model}_{split}_{metric}.log",
     benchmark:
         "benchmarks/evaluate/{key}/{model}_{split}_{metric}.tsv"
+    group:
+        "scoring"
     conda:
         "../../envs/comedian.yaml"
+    params:
+        labels=data_root,
+        classes=class_flags(),
     shell:
         "python -m comedian evaluate --labels {params.labels:q} --predictions {input.predictions}"
         " --games {input.games:q} --metric {wildcards.metric} --json {output} {params.classes} > {log} 2>&1"
@@ -38,9 +38,16 @@ rule report:
         seeds_csv="{view}/report/seeds.csv",
         pr_curves=report("{view}/report/pr_curves.png", category="Precision-recall", subcategory="{view}"),
         timelines=report(
-            directory("{view}/report/timelines"), patterns=["{name}.png"], category="Timelines",
-            subcategory="{view}"
+            directory("{view}/report/timelines"), patterns=["{name}.png"], category="Timelines", subcategory="{view}"
         ),
+    log:
+        "logs/report/{view}.log",
+    benchmark:
+        "benchmarks/report/{view}.tsv"
+    group:
+        "scoring"
+    conda:
+        "../../envs/comedian.yaml"
     params:
         code=code("report"),
         metrics=metric_flags,
@@ -48,14 +55,6 @@ rule report:
         split=report_setting("split"),
         pr_metric=report_setting("pr_metric"),
         timeline_games=report_setting("timeline_games"),
-    group:
-        "scoring"
-    log:
-        "logs/report/{view}.log",
-    benchmark:
-        "benchmarks/report/{view}.tsv"
-    conda:
-        "../../envs/comedian.yaml"
     shell:
         "python -m comedian report {params.metrics} --output-metrics {output.metrics}"
         " --split {params.split} --labels {params.labels:q} --predictions {input.predictions}"
@@ -69,17 +68,17 @@ rule report:
 rule manifest:
     output:
         "{view}/manifest.json",
-    params:
-        code=code("experiments"),
-        manifest=manifest_json,
-    group:
-        "scoring"
     log:
         "logs/manifest/{view}.log",
     benchmark:
         "benchmarks/manifest/{view}.tsv"
+    group:
+        "scoring"
     conda:
         "../../envs/comedian.yaml"
+    params:
+        code=code("experiments"),
+        manifest=manifest_json,
     shell:
         "python -m comedian experiments --manifest {params.manifest:q} --output {output} > {log} 2>&1"
 
@@ -90,18 +89,18 @@ rule table:
     output:
         csv=report("results/tables/{table}.csv", category="Tables", subcategory="{table}"),
         markdown="results/tables/{table}.md",
-    params:
-        code=code("table"),
-        spec=table_json,
-        sources=table_flags,
-    group:
-        "scoring"
     log:
         "logs/table/{table}.log",
     benchmark:
         "benchmarks/table/{table}.tsv"
+    group:
+        "scoring"
     conda:
         "../../envs/comedian.yaml"
+    params:
+        code=code("table"),
+        spec=table_json,
+        sources=table_flags,
     shell:
         "python -m comedian table --name {wildcards.table} --spec {params.spec:q} {params.sources}"
         " --csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
