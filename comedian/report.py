@@ -63,7 +63,7 @@ from comedian.scoring import (
 )
 
 __all__ = ["read_metrics", "metrics_document", "ap_table_rows", "write_ap_table", "interpolated_precision",
-           "pr_figure", "timeline_figure", "write_run_page", "make_report", "main"]
+           "pr_figure", "timeline_figure", "html_table", "write_page", "write_run_page", "make_report", "main"]
 
 #: Largest difference between a metrics file and the rescored predictions that counts as equal.
 METRIC_ATOL = 1e-9
@@ -250,10 +250,10 @@ def write_ap_table(header: Sequence[str], rows: Sequence[Sequence[Any]], html_pa
         with atomic_path(csv_path) as tmp:
             tmp.write_text(buffer.getvalue())
     if html_path is not None:
-        _write_page(html_path, title, [(title, _html_table(header, rows, total_row))])
+        write_page(html_path, title, [(title, html_table(header, rows, total_row))])
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], total_row: bool = False) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], total_row: bool = False) -> str:
     """An HTML table: the first column and text cells as text, numbers right-aligned (floats to 2 decimals)."""
     def cell(i: int, value: Any) -> str:
         if i > 0 and isinstance(value, float):
@@ -268,7 +268,7 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], total_row:
     return f"<table>\n<tr>{head}</tr>\n" + "\n".join(body) + "\n</table>"
 
 
-def _write_page(path: str | Path, title: str, sections: Sequence[tuple[str, str]]) -> None:
+def write_page(path: str | Path, title: str, sections: Sequence[tuple[str, str]]) -> None:
     """A standalone HTML page (atomically): ``sections`` are (heading, HTML body) pairs."""
     parts = "\n".join(f"<h3>{html.escape(heading)}</h3>\n{body}" for heading, body in sections)
     page = (
@@ -316,13 +316,13 @@ def write_run_page(path: str | Path, experiment: str, config: Mapping[str, Any],
                               "stack, machine and inputs of the invocation")]
     job = {"stack": provenance.stack_versions(), "machine": provenance.machine()}
     sections = [
-        ("Provenance (metrics.json)", _html_table(["field", "value"], _flat(dict(summary)))),
-        ("MLflow", _html_table(["field", "value"], mlflow)),
-        ("Software stack and machine of the report job", _html_table(["field", "value"], _flat(job))),
+        ("Provenance (metrics.json)", html_table(["field", "value"], _flat(dict(summary)))),
+        ("MLflow", html_table(["field", "value"], mlflow)),
+        ("Software stack and machine of the report job", html_table(["field", "value"], _flat(job))),
         (f"Config of experiment {experiment!r}",
          f"<pre>{html.escape(yaml.safe_dump(dict(config), sort_keys=False))}</pre>"),
     ]
-    _write_page(path, f"Run of experiment {experiment}", sections)
+    write_page(path, f"Run of experiment {experiment}", sections)
 
 
 # ----------------------------------------------------------------------------------------------

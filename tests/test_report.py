@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -308,3 +309,30 @@ def test_run_page_holds_the_provenance_and_the_config(data, tmp_path, monkeypatc
     assert f"<td>stack.torch</td><td>{stack['torch']}</td>" in page and f"<td>{stack['python']}</td>" in page
     with pytest.raises(InputError, match="--run-page needs --config-json"):
         report.main(_args(data, tmp_path / "y", "--run-page", str(tmp_path / "y" / "run.html")))
+
+
+def test_table_page_for_the_report(data, tmp_path):
+    from comedian import tables
+
+    seeds = ["--seed-metrics", "0", "test", str(data / "test_tight.json"),
+             "--seed-metrics", "1", "test", str(data / "stale_tight.json")]
+    report.main(["--metrics", "test", str(data / "test_tight.json"), *seeds, "--output-metrics",
+                 str(tmp_path / "metrics.json")])
+    spec = {"caption": "NMS <variants> & co", "decimals": 1, "rows": [
+        {"label": "soft NMS", "experiment": "default", "split": "test", "metric": "tight", "paper": 68.0,
+         "ensemble": True}]}
+    out = [str(tmp_path / f"t.{ext}") for ext in ("csv", "md", "html")]
+    tables.main(["--name", "table8", "--spec", json.dumps(spec), "--metrics", "default", str(tmp_path / "metrics.json"),
+                 "--csv", out[0], "--markdown", out[1], "--html", out[2]])
+    page = (tmp_path / "t.html").read_text()
+    tight = json.loads((tmp_path / "metrics.json").read_text())["test"]["tight"]
+    assert "<h3>table8</h3>" in page and "<p>NMS &lt;variants&gt; &amp; co</p>" in page
+    assert "".join(f"<th>{c}</th>" for c in tables.COLUMNS) in page
+    cells = [f"<td>{v}</td>" for v in ("soft NMS", "default", "68.0", f"{100 * tight['seed_mean']['a_mAP']:.1f}",
+                                        f"{100 * tight['seed_std']['a_mAP']:.1f}", f"{100 * tight['a_mAP']:.1f}")]
+    assert all(cell in page for cell in cells)
+    # the page shows what the Markdown twin shows
+    markdown_row = (tmp_path / "t.md").read_text().strip().splitlines()[-1]
+    row = re.search(r"<tr><td>soft NMS.*?</tr>", page).group(0)
+    assert [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row)] == \
+        [c.strip() for c in markdown_row.strip("|").split("|")]

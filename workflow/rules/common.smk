@@ -255,6 +255,15 @@ def report_setting(name):
     return lambda wildcards: experiment(wildcards).config["report"][name]
 
 
+def experiment_name(wildcards):
+    return experiment(wildcards).name
+
+
+def experiment_config_json(wildcards):
+    """The view's experiment's whole config (defaults filled in) as canonical JSON, for its run page."""
+    return canonical(experiment(wildcards).config)
+
+
 def manifest_json(wildcards):
     """The view's manifest (every product of the experiment, its key and settings) as canonical JSON."""
     return canonical(experiment(wildcards).manifest())

@@ -32,14 +32,29 @@ rule report:
         unpack(report_inputs),
     output:
         metrics="{view}/metrics.json",
-        ap_table=report("{view}/report/ap_table.html", category="Per-class AP", subcategory="{view}"),
-        ap_csv="{view}/report/ap_table.csv",
-        seeds=report("{view}/report/seeds.html", category="Seeds", subcategory="{view}"),
-        seeds_csv="{view}/report/seeds.csv",
-        pr_curves=report("{view}/report/pr_curves.png", category="Precision-recall", subcategory="{view}"),
-        timelines=report(
-            directory("{view}/report/timelines"), patterns=["{name}.png"], category="Timelines", subcategory="{view}"
+        ap_table=report(
+            "{view}/report/ap_table.html",
+            caption="../report/ap_table.rst",
+            category="Per-class AP",
+            subcategory="{view}",
         ),
+        ap_csv="{view}/report/ap_table.csv",
+        seeds=report("{view}/report/seeds.html", caption="../report/seeds.rst", category="Seeds", subcategory="{view}"),
+        seeds_csv="{view}/report/seeds.csv",
+        pr_curves=report(
+            "{view}/report/pr_curves.png",
+            caption="../report/pr_curves.rst",
+            category="Precision-recall",
+            subcategory="{view}",
+        ),
+        timelines=report(
+            directory("{view}/report/timelines"),
+            patterns=["{name}.png"],
+            caption="../report/timelines.rst",
+            category="Timelines",
+            subcategory="{view}",
+        ),
+        run=report("{view}/report/run.html", caption="../report/run.rst", category="Run", subcategory="{view}"),
     log:
         "logs/report/{view}.log",
     benchmark:
@@ -55,13 +70,16 @@ rule report:
         split=report_setting("split"),
         pr_metric=report_setting("pr_metric"),
         timeline_games=report_setting("timeline_games"),
+        experiment=experiment_name,
+        config=experiment_config_json,
     shell:
         "python -m comedian report {params.metrics} --output-metrics {output.metrics}"
         " --split {params.split} --labels {params.labels:q} --predictions {input.predictions}"
         " --games {input.games:q} --scores {input.scores} --ap-table {output.ap_table}"
         " --ap-csv {output.ap_csv} --seed-table {output.seeds} --seed-csv {output.seeds_csv}"
         " --pr-curves {output.pr_curves} --pr-metric {params.pr_metric}"
-        " --timelines {output.timelines} --timeline-games {params.timeline_games} > {log} 2>&1"
+        " --timelines {output.timelines} --timeline-games {params.timeline_games} --run-page {output.run}"
+        " --experiment {params.experiment} --config-json {params.config:q} > {log} 2>&1"
 
 
 # What an experiment is made of: every product it uses, by key, with the settings behind it.
@@ -87,8 +105,11 @@ rule table:
     input:
         unpack(table_inputs),
     output:
-        csv=report("results/tables/{table}.csv", category="Tables", subcategory="{table}"),
+        csv="results/tables/{table}.csv",
         markdown="results/tables/{table}.md",
+        html=report(
+            "results/tables/{table}.html", caption="../report/table.rst", category="Tables", subcategory="{table}"
+        ),
     log:
         "logs/table/{table}.log",
     benchmark:
@@ -103,4 +124,4 @@ rule table:
         sources=table_flags,
     shell:
         "python -m comedian table --name {wildcards.table} --spec {params.spec:q} {params.sources}"
-        " --csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
+        " --csv {output.csv} --markdown {output.markdown} --html {output.html} > {log} 2>&1"
