@@ -343,7 +343,7 @@ def test_html_report_has_captions_the_run_page_and_a_built_table(finished):
     assert f"<td>{metrics['provenance']['config_sha256']}</td>" in run and "<td>commit</td><td>unknown</td>" in run
     shown = yaml.safe_load(html.unescape(run.split("<pre>")[1].split("</pre>")[0]))
     assert shown["model"] == {**TINY["model"], **{k: v for k, v in shown["model"].items() if k not in TINY["model"]}}
-    assert "experiments" not in shown and shown["postprocess"]["nms"] == "soft"
+    assert "experiments" not in shown and "tracking" not in shown and shown["postprocess"]["nms"] == "soft"
     assert (finished / "results" / "tables" / "table8.html").is_file()
 
 

@@ -260,8 +260,9 @@ def experiment_name(wildcards):
 
 
 def experiment_config_json(wildcards):
-    """The view's experiment's whole config (defaults filled in) as canonical JSON, for its run page."""
-    return canonical(experiment(wildcards).config)
+    """The view's experiment's whole config (defaults filled in) as canonical JSON, for its run page; without
+    ``tracking``, which computes nothing (where runs are logged reruns no job: the page names the MLflow run)."""
+    return canonical({k: v for k, v in experiment(wildcards).config.items() if k != "tracking"})
 
 
 def manifest_json(wildcards):
