@@ -41,6 +41,7 @@ import html
 import io
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -300,8 +301,6 @@ def write_run_page(path: str | Path, experiment: str, config: Mapping[str, Any],
     """The run behind the report: the ``provenance`` of ``metrics.json`` (``summary``: commit, dirty flag,
     digests), the MLflow parent run holding the invocation's whole record, the software stack and machine
     of the report job (:mod:`comedian.provenance`), and the experiment's whole config (defaults filled in)."""
-    import os
-
     import yaml
 
     from comedian import provenance, tracking
