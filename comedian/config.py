@@ -1,8 +1,9 @@
 """Load and validate the pipeline's YAML config against its JSON schema, before any job starts.
 
-The schema (``comedian/schemas/config.schema.yaml``) is the single description of every key: its type,
-range, default, and which stage uses it. Snakemake's ``common.smk`` calls :func:`validate` at parse
-time; ``comedian validate-config FILE`` does the same from the shell.
+The schema (``workflow/schemas/config.schema.yaml``, where Snakemake workflows keep it; the package reads
+it as its data file ``comedian/schemas/config.schema.yaml``, a relative link to it) is the single
+description of every key: its type, range, default, and which stage uses it. Snakemake's ``common.smk``
+calls :func:`validate` at parse time; ``comedian validate-config FILE`` does the same from the shell.
 """
 
 from __future__ import annotations

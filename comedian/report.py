@@ -18,7 +18,12 @@ Outputs (each given by its own flag, so a Snakefile can declare it):
   and the ``config_sha256`` of the pipeline invocation (:func:`comedian.provenance.current_summary`).
 - ``--ap-table`` (HTML) and ``--ap-csv``: per-class AP (all / visible / unshown, in %) of the figure
   split for each metric given, with the label counts, and the overall a-mAP row.
-- ``--pr-curves`` (PNG): per class, precision against recall at each tolerance of ``--pr-metric``.
+- ``--pr-curves`` (PNG): per class, the interpolated-precision step curve (precision at recall r = the
+  largest precision at any recall >= r, what the official 11-point AP reads) at each tolerance of
+  ``--pr-metric``.
+- ``--run-page`` (HTML): what produced the numbers: the ``provenance`` below, the MLflow parent run
+  (whose ``provenance.json`` holds the invocation's stack, machine and inputs), the stack and machine of
+  the report job, and the experiment's whole config (``--config-json``, ``--experiment``).
 - ``--timelines`` (folder): ``<game_slug>_<half>.png`` per half of the first ``--timeline-games``
   games: labels (visible filled, not shown hollow) and predictions (colour = confidence) per class
   against the time in the half (minutes; seconds for halves under 5 minutes), above the raw per-token scores when ``--scores`` is given.
@@ -36,9 +41,11 @@ import html
 import io
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -56,8 +63,8 @@ from comedian.scoring import (
     score,
 )
 
-__all__ = ["read_metrics", "metrics_document", "ap_table_rows", "write_ap_table", "pr_figure", "timeline_figure",
-           "make_report", "main"]
+__all__ = ["read_metrics", "metrics_document", "ap_table_rows", "write_ap_table", "interpolated_precision",
+           "pr_figure", "timeline_figure", "html_table", "write_page", "write_run_page", "make_report", "main"]
 
 #: Largest difference between a metrics file and the rescored predictions that counts as equal.
 METRIC_ATOL = 1e-9
@@ -244,23 +251,77 @@ def write_ap_table(header: Sequence[str], rows: Sequence[Sequence[Any]], html_pa
         with atomic_path(csv_path) as tmp:
             tmp.write_text(buffer.getvalue())
     if html_path is not None:
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = []
-        for k, row in enumerate(rows):
-            cells = "".join(
-                f"<td>{html.escape(str(v))}</td>" if i == 0 else f'<td class="num">{v:.2f}</td>'
-                if isinstance(v, float) else f'<td class="num">{v}</td>' for i, v in enumerate(row)
-            )
-            body.append(f'<tr{" class=total" if total_row and k == len(rows) - 1 else ""}>{cells}</tr>')
-        page = (
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html.escape(title) + "</title>\n"
-            "<style>body{font-family:sans-serif} table{border-collapse:collapse} "
-            "th,td{border:1px solid #bbb;padding:2px 8px} td.num{text-align:right} "
-            "tr.total{font-weight:bold;background:#eee}</style></head><body>\n"
-            f"<h3>{html.escape(title)}</h3>\n<table>\n<tr>{head}</tr>\n" + "\n".join(body) + "\n</table>\n</body></html>\n"
-        )
-        with atomic_path(html_path) as tmp:
-            tmp.write_text(page)
+        write_page(html_path, title, [(title, html_table(header, rows, total_row))])
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], total_row: bool = False) -> str:
+    """An HTML table: the first column and text cells as text, numbers right-aligned (floats to 2 decimals)."""
+    def cell(i: int, value: Any) -> str:
+        if i > 0 and isinstance(value, float):
+            return f'<td class="num">{value:.2f}</td>'
+        if i > 0 and isinstance(value, int) and not isinstance(value, bool):
+            return f'<td class="num">{value}</td>'
+        return f"<td>{html.escape(str(value))}</td>"
+
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = [f'<tr{" class=total" if total_row and k == len(rows) - 1 else ""}>'
+            + "".join(cell(i, v) for i, v in enumerate(row)) + "</tr>" for k, row in enumerate(rows)]
+    return f"<table>\n<tr>{head}</tr>\n" + "\n".join(body) + "\n</table>"
+
+
+def write_page(path: str | Path, title: str, sections: Sequence[tuple[str, str]]) -> None:
+    """A standalone HTML page (atomically): ``sections`` are (heading, HTML body) pairs."""
+    parts = "\n".join(f"<h3>{html.escape(heading)}</h3>\n{body}" for heading, body in sections)
+    page = (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html.escape(title) + "</title>\n"
+        "<style>body{font-family:sans-serif} table{border-collapse:collapse} "
+        "th,td{border:1px solid #bbb;padding:2px 8px} td.num{text-align:right} "
+        "tr.total{font-weight:bold;background:#eee} pre{background:#f6f6f6;padding:6px}</style></head><body>\n"
+        f"{parts}\n</body></html>\n"
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_text(page)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: provenance and config
+# ----------------------------------------------------------------------------------------------
+
+
+def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` rows of nested mappings; lists of mappings (the GPUs) as JSON."""
+    if isinstance(value, Mapping):
+        return [row for key, sub in value.items() for row in _flat(sub, f"{prefix}{key}.")]
+    if isinstance(value, list) and any(isinstance(v, (Mapping, list)) for v in value):
+        value = json.dumps(value)
+    return [(prefix.rstrip("."), "null" if value is None else value)]
+
+
+def write_run_page(path: str | Path, experiment: str, config: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+    """The run behind the report: the ``provenance`` of ``metrics.json`` (``summary``: commit, dirty flag,
+    digests), the MLflow parent run holding the invocation's whole record, the software stack and machine
+    of the report job (:mod:`comedian.provenance`), and the experiment's whole config (defaults filled in)."""
+    import yaml
+
+    from comedian import provenance, tracking
+
+    parent = os.environ.get(tracking.ENV_PARENT_RUN_ID)
+    mlflow = [("parent run", parent or "none (tracking off, or the stage was run by hand)")]
+    if parent:
+        uri = urlsplit(os.environ.get(tracking.ENV_URI, ""))
+        uri = uri._replace(netloc=uri.netloc.rpartition("@")[2])  # no user:password of a server URL
+        mlflow += [("tracking URI", uri.geturl()),
+                   ("record", "artifact provenance.json and tags comedian.provenance.* of the parent run: "
+                              "stack, machine and inputs of the invocation")]
+    job = {"stack": provenance.stack_versions(), "machine": provenance.machine()}
+    sections = [
+        ("Provenance (metrics.json)", html_table(["field", "value"], _flat(dict(summary)))),
+        ("MLflow", html_table(["field", "value"], mlflow)),
+        ("Software stack and machine of the report job", html_table(["field", "value"], _flat(job))),
+        (f"Config of experiment {experiment!r}",
+         f"<pre>{html.escape(yaml.safe_dump(dict(config), sort_keys=False))}</pre>"),
+    ]
+    write_page(path, f"Run of experiment {experiment}", sections)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,8 +338,26 @@ def _figure(width: float, height: float):
     return figure
 
 
+def interpolated_precision(recall: np.ndarray, precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The interpolated-precision step curve of one class's precision-recall points.
+
+    The interpolated precision at recall r is the largest precision of any point with recall >= r (the
+    precision the official 11-point AP reads at r = 0, 0.1, ..., 1). Returns ``(recalls, precisions)``
+    for ``Axes.step(..., where="pre")``: ``recalls`` starts at 0 and rises through the points' distinct
+    recalls; ``precisions[i]`` is the interpolated precision on (recalls[i-1], recalls[i]] (and
+    ``precisions[0] == precisions[1]``, at recall 0). The curve ends at the largest recall reached.
+    """
+    recall, precision = np.asarray(recall, dtype=np.float64), np.asarray(precision, dtype=np.float64)
+    levels, inverse = np.unique(recall, return_inverse=True)
+    best = np.full(len(levels), -np.inf)
+    np.maximum.at(best, inverse, precision)  # the best precision at each distinct recall
+    envelope = np.maximum.accumulate(best[::-1])[::-1]  # ... and at every larger recall
+    return np.concatenate([[0.0], levels]), np.concatenate([envelope[:1], envelope])
+
+
 def pr_figure(curves: Mapping[str, np.ndarray], classes: Sequence[str], metric: str):
-    """Per-class precision-recall curves, one panel per class, one line per tolerance.
+    """Per-class precision-recall curves, one panel per class, one step curve per tolerance: the
+    interpolated precision (:func:`interpolated_precision`) of the scorer's points.
 
     ``curves``: :func:`comedian.scoring.precision_recall_curves` output (``precision``, ``recall``
     (D, 200, C), ``ap`` (D, C), ``deltas_s`` (D,)).
@@ -295,9 +374,8 @@ def pr_figure(curves: Mapping[str, np.ndarray], classes: Sequence[str], metric: 
     for c, name in enumerate(classes):
         ax = axes.flat[c]
         for d, delta in enumerate(deltas):
-            recall, precision = curves["recall"][d, :, c], curves["precision"][d, :, c]
-            order = np.argsort(recall, kind="stable")
-            ax.plot(recall[order], precision[order], color=colours[d], lw=1.2, label=f"{delta:g} s")
+            recall, precision = interpolated_precision(curves["recall"][d, :, c], curves["precision"][d, :, c])
+            ax.step(recall, precision, where="pre", color=colours[d], lw=1.2, label=f"{delta:g} s")
         n_labels = int(curves["n_labels_visible"][c] + curves["n_labels_unshown"][c])
         ax.set_title(f"{name}\nAP@{deltas[0]:g}s {100 * curves['ap'][0, c]:.1f}%, {n_labels} labels", fontsize=8)
         ax.set_xlim(0, 1)
@@ -309,7 +387,7 @@ def pr_figure(curves: Mapping[str, np.ndarray], classes: Sequence[str], metric: 
     for ax in axes[-1]:
         ax.set_xlabel("recall", fontsize=8)
     for ax in axes[:, 0]:
-        ax.set_ylabel("precision", fontsize=8)
+        ax.set_ylabel("interpolated precision", fontsize=8)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside upper center", ncol=len(deltas), fontsize=8,
                   title=f"{metric} tolerance (window width)", title_fontsize=8)
@@ -414,6 +492,9 @@ def make_report(
     seed_metrics: Sequence[tuple[str, str, str | Path]] = (),
     seed_table: str | Path | None = None,
     seed_csv: str | Path | None = None,
+    run_page: str | Path | None = None,
+    experiment: str = "default",
+    config: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, dict]]:
     """Write the metrics file and the figures (arguments as the CLI flags; see the module docstring).
 
@@ -462,8 +543,14 @@ def make_report(
         produced += [Path(p) for p in (seed_table, seed_csv) if p is not None]
     from comedian.provenance import current_summary
 
+    summary = current_summary()
+    if run_page is not None:
+        if config is None:
+            raise InputError("--run-page needs --config-json (the experiment's config)")
+        write_run_page(run_page, experiment, config, summary)
+        produced.append(Path(run_page))
     with atomic_path(output_metrics) as tmp:  # {split: ...} plus what computed it: commit, config digest
-        tmp.write_text(json.dumps({**document, "provenance": current_summary()}, indent=2) + "\n")
+        tmp.write_text(json.dumps({**document, "provenance": summary}, indent=2) + "\n")
     if run is not None:
         for s, by_metric in document.items():
             for metric, values in by_metric.items():
@@ -561,11 +648,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="tolerances of the precision-recall curves (default tight)")
     parser.add_argument("--timelines", type=Path, default=None, help="folder for <game_slug>_<half>.png timelines")
     parser.add_argument("--timeline-games", type=int, default=1, help="timelines of the first N games (default 1)")
+    parser.add_argument("--run-page", type=Path, default=None,
+                        help="HTML page of the run: provenance, MLflow parent run, stack and machine, config")
+    parser.add_argument("--experiment", default="default", help="the experiment's name (the run page's title)")
+    parser.add_argument("--config-json", default=None, help="the experiment's whole config as JSON (the run page)")
     parser.add_argument("--min-confidence", type=float, default=0.0,
                         help="predictions below this confidence are left out of the timelines (default 0)")
     args = parser.parse_args(argv)
     if args.timeline_games < 0:
         raise InputError(f"--timeline-games must be >= 0, got {args.timeline_games}")
+    config = None
+    if args.config_json is not None:
+        try:
+            config = json.loads(args.config_json)
+        except json.JSONDecodeError as err:
+            raise InputError(f"--config-json: not valid JSON ({err.msg})") from None
+        if not isinstance(config, dict):
+            raise InputError("--config-json: the config must be a JSON object")
     games = None
     if args.games is not None:
         from comedian.data.soccernet import read_game_list
@@ -574,13 +673,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from comedian.tracking import stage_run
 
-    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+              if k != "config_json"}  # the config is the parent run's (config.json), and too long for a param
     with stage_run("report", wildcards={"split": args.split} if args.split else None, params=params) as run:
         document = make_report(
             [_metrics_arg(m) for m in args.metrics], args.output_metrics, args.split, args.labels, args.predictions,
             games, args.classes, args.ap_table, args.ap_csv, args.pr_curves, args.pr_metric, args.timelines,
             args.timeline_games, args.min_confidence, args.scores, run, [tuple(m) for m in args.seed_metrics],
-            args.seed_table, args.seed_csv,
+            args.seed_table, args.seed_csv, args.run_page, args.experiment, config,
         )
     for s, by_metric in document.items():
         shown = ", ".join(f"{m} {100 * v['a_mAP']:.2f} %" + (

@@ -12,14 +12,16 @@ from the experiment's ``metrics.json`` (:mod:`comedian.report`): t-AmAP (``a_mAP
     source         the file the row was read from
 
 The CSV holds the exact values (100 x the metrics file's); the Markdown twin rounds them to the table's
-``decimals``, as the paper prints them. A row on the challenge split has no score (its labels are
-hidden): its source is the submission zip to upload, and its ``ours_*`` cells are empty.
+``decimals``, as the paper prints them (``--html``: the same, as a page of the Snakemake report). A row
+on the challenge split has no score (its labels are hidden): its source is the submission zip to upload,
+and its ``ours_*`` cells are empty.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import html
 import io
 import json
 from pathlib import Path
@@ -101,6 +103,15 @@ def markdown_text(name: str, spec: dict[str, Any], rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_html(path: Path, name: str, spec: dict[str, Any], rows: list[dict]) -> None:
+    """The Markdown twin as a page of the Snakemake report: the caption, then the rounded cells."""
+    from comedian.report import html_table, write_page
+
+    caption = f"<p>{html.escape(spec['caption'].strip())}</p>\n"
+    cells = [[_cell(row[c], spec["decimals"]) for c in COLUMNS] for row in rows]
+    write_page(path, name, [(name, caption + html_table(COLUMNS, cells))])
+
+
 def _write(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
@@ -117,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="an experiment's challenge submission zip (repeat)")
     parser.add_argument("--csv", required=True, type=Path)
     parser.add_argument("--markdown", required=True, type=Path)
+    parser.add_argument("--html", type=Path, default=None, help="the Markdown twin as an HTML page (the report's)")
     args = parser.parse_args(argv)
     try:
         spec = json.loads(args.spec)
@@ -130,4 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     rows = table_rows(spec, {name: Path(path) for name, path in args.metrics}, submissions)
     _write(args.csv, csv_text(rows))
     _write(args.markdown, markdown_text(args.name, spec, rows))
+    if args.html is not None:
+        write_html(args.html, args.name, spec, rows)
     return 0

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
-from comedian import report, scoring
+from comedian import provenance, report, scoring
 from comedian.data.soccernet import SOCCERNET_V2_CLASSES, game_slug
 from comedian.errors import InputError
 from comedian.data.targets import token_times_s
@@ -129,20 +132,51 @@ def test_report_outputs(data, tmp_path):
     assert not list(tmp_path.glob(".*partial"))
 
 
-def test_pr_curves_are_the_scorers(data):
+def _interpolated_at(recall, precision, r):
+    """Interpolated precision at recall r, by its definition: the best precision at any recall >= r."""
+    return max((p for q, p in zip(recall, precision) if q >= r), default=0.0)
+
+
+def test_pr_curves_are_the_scorers_interpolated_step_curves(data):
     labels, predictions = scoring.read_tables(data / "labels", data / "pred0", GAMES, SOCCERNET_V2_CLASSES)
     curves = scoring.precision_recall_curves(labels, predictions, metric="tight")
     figure = report.pr_figure(curves, SOCCERNET_V2_CLASSES, "tight")
     axes = [ax for ax in figure.axes if ax.get_visible()]
-    assert len(axes) == 17
+    assert len(axes) == 17 and axes[0].get_ylabel() == "interpolated precision"
     goal = SOCCERNET_V2_CLASSES.index("Goal")
     lines = axes[goal].get_lines()
     assert len(lines) == 5  # one per tight tolerance
+    assert lines[2].get_drawstyle() == "steps-pre"
     recall, precision = lines[2].get_data()
-    order = np.argsort(curves["recall"][2, :, goal], kind="stable")
-    np.testing.assert_array_equal(recall, curves["recall"][2, order, goal])
-    np.testing.assert_array_equal(precision, curves["precision"][2, order, goal])
+    points_r, points_p = curves["recall"][2, :, goal], curves["precision"][2, :, goal]
+    # the curve's corners: recall 0, then each distinct recall of the scorer's points, once, rising
+    np.testing.assert_array_equal(recall, [0.0, *np.unique(points_r)])
+    # the value on (recall[i-1], recall[i]] is the interpolated precision at recall[i]; at 0 that at 0
+    expected = [_interpolated_at(points_r, points_p, r) for r in recall]
+    np.testing.assert_array_equal(precision, expected)
+    assert np.all(np.diff(precision) <= 0)  # non-increasing, as an interpolated curve is
+    assert np.unique(points_p).size > np.unique(precision).size  # the raw points zig-zag, the curve does not
     assert f"{100 * curves['ap'][0, goal]:.1f}%" in axes[goal].get_title()
+
+
+def test_interpolated_curve_gives_the_official_11_point_ap(data):
+    """Read at recall 0, 0.1, ..., 1 the step curve gives each class's AP as the scorer computes it."""
+    labels, predictions = scoring.read_tables(data / "labels", data / "pred0", GAMES, SOCCERNET_V2_CLASSES)
+    curves = scoring.precision_recall_curves(labels, predictions, metric="loose")
+    for d in range(len(curves["deltas_s"])):
+        for c in range(len(SOCCERNET_V2_CLASSES)):
+            recall, precision = report.interpolated_precision(curves["recall"][d, :, c], curves["precision"][d, :, c])
+            at = [precision[np.searchsorted(recall, level, side="left")] if level <= recall[-1] else 0.0
+                  for level in np.arange(11) / 10]
+            assert np.mean(at) == pytest.approx(curves["ap"][d, c], abs=1e-12)
+
+
+def test_interpolated_precision_small_case():
+    recall = np.array([0.5, 0.25, 0.5, 0.75, 0.0])
+    precision = np.array([0.4, 0.9, 0.6, 0.3, 0.0])
+    r, p = report.interpolated_precision(recall, precision)
+    np.testing.assert_array_equal(r, [0.0, 0.0, 0.25, 0.5, 0.75])
+    np.testing.assert_array_equal(p, [0.9, 0.9, 0.9, 0.6, 0.3])
 
 
 def test_timeline_with_raw_scores(data, tmp_path):
@@ -250,3 +284,55 @@ def test_timeline_time_axis(end_s, unit, name):
     np.testing.assert_allclose(visible_labels.get_offsets(), [[10.0 / unit, 0]])
     np.testing.assert_allclose(hidden_labels.get_offsets(), [[end_s / unit, 1]])
     assert ax.get_xlim()[1] == pytest.approx(end_s / unit * 1.01)
+
+
+def test_run_page_holds_the_provenance_and_the_config(data, tmp_path, monkeypatch):
+    summary = {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": True, "diff_sha256": "d" * 64,
+               "config_sha256": "c" * 64}
+    monkeypatch.setenv(provenance.ENV_SUMMARY, json.dumps(summary))
+    monkeypatch.setenv("COMEDIAN_PIPELINE_RUN_ID", "parentrun42")
+    monkeypatch.setenv("COMEDIAN_TRACKING_URI", "https://alice:secret@mlflow.example:5000")
+    config = {"model": {"arch": "vivit_demo", "frames": 64}, "postprocess": {"nms": "soft", "window_s": 10},
+              "note": "<b>escaped</b>"}
+    out = tmp_path / "out"
+    report.main(_args(data, out, "--run-page", str(out / "run.html"), "--experiment", "nms_hard",
+                      "--config-json", json.dumps(config)))
+    page = (out / "run.html").read_text()
+    assert json.loads((out / "metrics.json").read_text())["provenance"] == summary  # the same record
+    for value in summary.values():
+        assert f"<td>{value}</td>" in page
+    assert "<td>parentrun42</td>" in page and "https://mlflow.example:5000" in page and "secret" not in page
+    assert "Config of experiment &#x27;nms_hard&#x27;" in page
+    shown = page.split("<pre>")[1].split("</pre>")[0]
+    assert yaml.safe_load(html.unescape(shown)) == config and "&lt;b&gt;escaped&lt;/b&gt;" in shown
+    stack = provenance.stack_versions()
+    assert f"<td>stack.torch</td><td>{stack['torch']}</td>" in page and f"<td>{stack['python']}</td>" in page
+    with pytest.raises(InputError, match="--run-page needs --config-json"):
+        report.main(_args(data, tmp_path / "y", "--run-page", str(tmp_path / "y" / "run.html")))
+
+
+def test_table_page_for_the_report(data, tmp_path):
+    from comedian import tables
+
+    seeds = ["--seed-metrics", "0", "test", str(data / "test_tight.json"),
+             "--seed-metrics", "1", "test", str(data / "stale_tight.json")]
+    report.main(["--metrics", "test", str(data / "test_tight.json"), *seeds, "--output-metrics",
+                 str(tmp_path / "metrics.json")])
+    spec = {"caption": "NMS <variants> & co", "decimals": 1, "rows": [
+        {"label": "soft NMS", "experiment": "default", "split": "test", "metric": "tight", "paper": 68.0,
+         "ensemble": True}]}
+    out = [str(tmp_path / f"t.{ext}") for ext in ("csv", "md", "html")]
+    tables.main(["--name", "table8", "--spec", json.dumps(spec), "--metrics", "default", str(tmp_path / "metrics.json"),
+                 "--csv", out[0], "--markdown", out[1], "--html", out[2]])
+    page = (tmp_path / "t.html").read_text()
+    tight = json.loads((tmp_path / "metrics.json").read_text())["test"]["tight"]
+    assert "<h3>table8</h3>" in page and "<p>NMS &lt;variants&gt; &amp; co</p>" in page
+    assert "".join(f"<th>{c}</th>" for c in tables.COLUMNS) in page
+    cells = [f"<td>{v}</td>" for v in ("soft NMS", "default", "68.0", f"{100 * tight['seed_mean']['a_mAP']:.1f}",
+                                        f"{100 * tight['seed_std']['a_mAP']:.1f}", f"{100 * tight['a_mAP']:.1f}")]
+    assert all(cell in page for cell in cells)
+    # the page shows what the Markdown twin shows
+    markdown_row = (tmp_path / "t.md").read_text().strip().splitlines()[-1]
+    row = re.search(r"<tr><td>soft NMS.*?</tr>", page).group(0)
+    assert [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row)] == \
+        [c.strip() for c in markdown_row.strip("|").split("|")]

@@ -5,6 +5,7 @@ The workflow runs from a copy of the checkout (package + workflow) so that the t
 """
 
 import csv
+import html
 import json
 import os
 import re
@@ -325,6 +326,25 @@ def test_a_built_table_leaves_the_default_untouched_and_reads_its_metrics_files(
     default, hard = manifest(finished), manifest(finished, "results/experiments/hard_2_5")
     assert default["ensemble"]["key"] == hard["ensemble"]["key"]
     assert default["postprocess/ensemble"]["key"] != hard["postprocess/ensemble"]["key"]
+
+
+@pytest.mark.slow
+def test_html_report_has_captions_the_run_page_and_a_built_table(finished):
+    """`snakemake --report` of the default target and a built table: each item with its caption, the front
+    page, the run page (commit, config) and the table's page."""
+    snakemake(finished, "--cores", "2", "results/tables/table8.csv")  # built already by the test above
+    snakemake(finished, "--report", "report.html", "all", "results/tables/table8.csv")
+    page = (finished / "report.html").read_text()
+    for text in ("interpolated precision of the scorer", "Per-class average-mAP (%) of the ensemble",
+                 "One half per figure", "What produced the numbers", "Per row: the paper", "The config declares the tables"):
+        assert text in page, text
+    run = (finished / "results" / "report" / "run.html").read_text()
+    metrics = json.loads((finished / "results" / "metrics.json").read_text())
+    assert f"<td>{metrics['provenance']['config_sha256']}</td>" in run and "<td>commit</td><td>unknown</td>" in run
+    shown = yaml.safe_load(html.unescape(run.split("<pre>")[1].split("</pre>")[0]))
+    assert shown["model"] == {**TINY["model"], **{k: v for k, v in shown["model"].items() if k not in TINY["model"]}}
+    assert "experiments" not in shown and "tracking" not in shown and shown["postprocess"]["nms"] == "soft"
+    assert (finished / "results" / "tables" / "table8.html").is_file()
 
 
 @pytest.mark.slow

@@ -71,14 +71,19 @@ def experiment(wildcards):
     try:
         return VIEWS[wildcards.view]
     except KeyError:
-        raise InputError(f"{SOURCE}: {wildcards.view}/ is no experiment's view (declared: "
-                         f"{', '.join(VIEWS)})") from None
+        raise InputError(
+            f"{SOURCE}: {wildcards.view}/ is no experiment's view (declared: " f"{', '.join(VIEWS)})"
+        ) from None
 
 
 def all_frames(key, splits=SPLITS):
     """The packed frames of every half of the splits, as extracted by the product ``key``."""
-    return [PATHS["extract"].format(key=key, game=soccernet.game_slug(g), half=h)
-            for s in splits for g in GAMES[s] for h in soccernet.HALVES]
+    return [
+        PATHS["extract"].format(key=key, game=soccernet.game_slug(g), half=h)
+        for s in splits
+        for g in GAMES[s]
+        for h in soccernet.HALVES
+    ]
 
 
 def baidu_files(splits=SPLITS):
@@ -179,24 +184,29 @@ def seed_checkpoint(wildcards):
 def seed_scores(wildcards):
     """One model's raw scores per seed, for the ensemble."""
     ensemble = product(wildcards)
-    return [PATHS["predict"].format(key=ensemble.inputs["scores"], seed=seed, split=wildcards.split)
-            for seed in ensemble.settings["seeds"]]
+    return [
+        PATHS["predict"].format(key=ensemble.inputs["scores"], seed=seed, split=wildcards.split)
+        for seed in ensemble.settings["seeds"]
+    ]
 
 
 def model_scores(wildcards):
     """The raw scores NMS reads: the ensemble's or one seed's, as the product's input says."""
     scores = PRODUCTS[product(wildcards).inputs["scores"]]
     if (scores.stage == "ensemble") != (wildcards.model == "ensemble"):
-        raise InputError(f"{SOURCE}: product {wildcards.key} post-processes {scores.stage} scores, not {wildcards.model}'s")
+        raise InputError(
+            f"{SOURCE}: product {wildcards.key} post-processes {scores.stage} scores, not {wildcards.model}'s"
+        )
     if scores.stage == "ensemble":
         return PATHS["ensemble"].format(key=scores.key, split=wildcards.split)
-    return PATHS["predict"].format(key=scores.key, seed=wildcards.model[len("seed"):], split=wildcards.split)
+    return PATHS["predict"].format(key=scores.key, seed=wildcards.model[len("seed") :], split=wildcards.split)
 
 
 def model_predictions(wildcards):
     """The spots a model's t-AmAP is computed on."""
-    return PATHS["postprocess"].format(key=product(wildcards).inputs["predictions"], model=wildcards.model,
-                                       split=wildcards.split)
+    return PATHS["postprocess"].format(
+        key=product(wildcards).inputs["predictions"], model=wildcards.model, split=wildcards.split
+    )
 
 
 def window_flag(wildcards):
@@ -210,12 +220,15 @@ def class_flags():
 
 def metric_flags(wildcards, input):
     """``--metrics SPLIT FILE`` for the ensemble's files, ``--seed-metrics SEED SPLIT FILE`` for each seed's."""
+
     def split_of(path):
         return os.path.basename(path).split("_")[0]
 
     flags = [f"--metrics {split_of(p)} {p}" for p in input.metrics]
-    flags += [f"--seed-metrics {os.path.basename(os.path.dirname(p))[len('seed'):]} {split_of(p)} {p}"
-              for p in input.seed_metrics]
+    flags += [
+        f"--seed-metrics {os.path.basename(os.path.dirname(p))[len('seed'):]} {split_of(p)} {p}"
+        for p in input.seed_metrics
+    ]
     return " ".join(flags)
 
 
@@ -226,15 +239,30 @@ def report_inputs(wildcards):
     if not ex.config["evaluate"]["splits"]:
         raise InputError(f"{SOURCE}: experiment {ex.name!r} scores no split (evaluate.splits): it has no metrics.json")
     split = ex.config["report"]["split"]
-    return {"manifest": f"{ex.view()}/manifest.json", "metrics": ex.metric_files("ensemble"),
-            "seed_metrics": [f for seed in ex.config["seeds"] for f in ex.metric_files(f"seed{seed}")],
-            "predictions": ex.predictions("ensemble", split), "scores": ex.scores("ensemble", split),
-            "games": split_list(split), "labels": labels_files([split])}
+    return {
+        "manifest": f"{ex.view()}/manifest.json",
+        "metrics": ex.metric_files("ensemble"),
+        "seed_metrics": [f for seed in ex.config["seeds"] for f in ex.metric_files(f"seed{seed}")],
+        "predictions": ex.predictions("ensemble", split),
+        "scores": ex.scores("ensemble", split),
+        "games": split_list(split),
+        "labels": labels_files([split]),
+    }
 
 
 def report_setting(name):
     """A params function: one setting of the report section of the view's experiment."""
     return lambda wildcards: experiment(wildcards).config["report"][name]
+
+
+def experiment_name(wildcards):
+    return experiment(wildcards).name
+
+
+def experiment_config_json(wildcards):
+    """The view's experiment's whole config (defaults filled in) as canonical JSON, for its run page; without
+    ``tracking``, which computes nothing (where runs are logged reruns no job: the page names the MLflow run)."""
+    return canonical({k: v for k, v in experiment(wildcards).config.items() if k != "tracking"})
 
 
 def manifest_json(wildcards):
@@ -246,8 +274,9 @@ def table_spec(wildcards):
     try:
         return config["tables"][wildcards.table]
     except KeyError:
-        raise InputError(f"{SOURCE}: tables: no table {wildcards.table!r} (declared: "
-                         f"{', '.join(config['tables']) or 'none'})") from None
+        raise InputError(
+            f"{SOURCE}: tables: no table {wildcards.table!r} (declared: " f"{', '.join(config['tables']) or 'none'})"
+        ) from None
 
 
 def table_json(wildcards):
@@ -259,18 +288,25 @@ def table_inputs(wildcards):
     its challenge rows."""
     rows = table_spec(wildcards)["rows"]
     scored = [r["experiment"] for r in rows if r["split"] != "challenge"]
-    zips = [EXPERIMENTS[r["experiment"]].submission(m, "challenge") for r in rows if r["split"] == "challenge"
-            for m in (["ensemble"] if r["ensemble"] else EXPERIMENTS[r["experiment"]].models()[:-1])]
-    return {"metrics": [f"{EXPERIMENTS[e].view()}/metrics.json" for e in dict.fromkeys(scored)],
-            "submissions": list(dict.fromkeys(zips))}
+    zips = [
+        EXPERIMENTS[r["experiment"]].submission(m, "challenge")
+        for r in rows
+        if r["split"] == "challenge"
+        for m in (["ensemble"] if r["ensemble"] else EXPERIMENTS[r["experiment"]].models()[:-1])
+    ]
+    return {
+        "metrics": [f"{EXPERIMENTS[e].view()}/metrics.json" for e in dict.fromkeys(scored)],
+        "submissions": list(dict.fromkeys(zips)),
+    }
 
 
 def table_flags(wildcards, input):
     """``--metrics EXPERIMENT FILE`` per scored experiment, ``--submission EXPERIMENT FILE`` per zip."""
     views = {f"{e.view()}/metrics.json": e.name for e in EXPERIMENTS.values()}
     flags = [f"--metrics {views[p]} {p}" for p in input.metrics]
-    owners = {e.submission(m, "challenge"): e.name for e in EXPERIMENTS.values() if "challenge" in SPLITS
-              for m in e.models()}
+    owners = {
+        e.submission(m, "challenge"): e.name for e in EXPERIMENTS.values() if "challenge" in SPLITS for m in e.models()
+    }
     flags += [f"--submission {owners[p]} {p}" for p in input.submissions]
     return " ".join(flags)
 
@@ -326,8 +362,9 @@ NODE_TORCHRUN = (
 #: SLURM_JOB_NODELIST / SLURM_NNODES / SLURM_NTASKS for the job's allocation and stop with "Only
 #: allocated 1 nodes asked for 2"; with SLURM_JOB_ID alone it asks the controller for the job's nodes
 #: (as Snakemake's own srun does). SLURM_CONF (a cluster's non-default configuration) is kept.
-LEAVE_JOB_STEP = ('for v in $(compgen -v SLURM_); do case "$v" in SLURM_JOB_ID|SLURM_CONF) ;; '
-                  '*) unset "$v" ;; esac; done; ')
+LEAVE_JOB_STEP = (
+    'for v in $(compgen -v SLURM_); do case "$v" in SLURM_JOB_ID|SLURM_CONF) ;; ' '*) unset "$v" ;; esac; done; '
+)
 
 
 def launcher(wildcards, resources, threads):
@@ -343,8 +380,10 @@ def launcher(wildcards, resources, threads):
     nodes, ranks = job_nodes(resources), ranks_per_node(resources)
     if nodes > 1:
         script = NODE_TORCHRUN.format(nodes=nodes, ranks=ranks)
-        return (f"{LEAVE_JOB_STEP}exec srun --overlap --nodes={nodes} --ntasks-per-node=1 --cpus-per-task={threads} "
-                f"--kill-on-bad-exit=1 bash -c {shlex.quote(script)} comedian-node")
+        return (
+            f"{LEAVE_JOB_STEP}exec srun --overlap --nodes={nodes} --ntasks-per-node=1 --cpus-per-task={threads} "
+            f"--kill-on-bad-exit=1 bash -c {shlex.quote(script)} comedian-node"
+        )
     if ranks > 1:
         return f"exec torchrun --standalone --nproc-per-node {ranks} -m comedian"
     return "exec python -m comedian"
@@ -371,8 +410,11 @@ def temporal_inputs(wildcards):
     step = product(wildcards)
     splits = step.settings["pretrain_temporal"]["train_splits"]
     bank = step.inputs["bank"]
-    files = {"frames": all_frames(step.inputs["frames"], splits), "train": [split_list(s) for s in splits],
-             "bank": bank["file"] if isinstance(bank, dict) else PATHS["pca"].format(key=bank)}
+    files = {
+        "frames": all_frames(step.inputs["frames"], splits),
+        "train": [split_list(s) for s in splits],
+        "bank": bank["file"] if isinstance(bank, dict) else PATHS["pca"].format(key=bank),
+    }
     if step.inputs["init"] is not None:
         files["init"] = PATHS["pretrain_spatial"].format(key=step.inputs["init"], seed=wildcards.seed)
     return files

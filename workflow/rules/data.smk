@@ -7,6 +7,12 @@ if config["demo"] is not None:
         output:
             files=demo_outputs(),
             splits=[split_list(s) for s in ("train", "valid", "test")],
+        log:
+            "logs/demo_data.log",
+        benchmark:
+            "benchmarks/demo_data.tsv"
+        conda:
+            "../../envs/comedian.yaml"
         params:
             code=code("demo-data"),
             root=data_root,
@@ -16,12 +22,6 @@ if config["demo"] is not None:
             valid_games=config["demo"]["games"]["valid"],
             test_games=config["demo"]["games"]["test"],
             half_duration_s=config["demo"]["half_duration_s"],
-        log:
-            "logs/demo_data.log",
-        benchmark:
-            "benchmarks/demo_data.tsv"
-        conda:
-            "../../envs/comedian.yaml"
         shell:
             "python -m comedian demo-data --root {params.root:q} --splits-dir {params.splits_dir:q}"
             " --seed {params.seed} --train-games {params.train_games} --valid-games {params.valid_games}"
@@ -33,18 +33,18 @@ rule extract:
         video,
     output:
         PATHS["extract"],
-    params:
-        fps=setting("extract", "fps"),
-        quality=setting("extract", "quality"),
-        ffmpeg=ffmpeg_flag,
-    group:
-        "extract"
     log:
         "logs/extract/{key}/{game}_{half}.log",
     benchmark:
         "benchmarks/extract/{key}/{game}_{half}.tsv"
+    group:
+        "extract"
     conda:
         "../../envs/comedian.yaml"
+    params:
+        fps=setting("extract", "fps"),
+        quality=setting("extract", "quality"),
+        ffmpeg=ffmpeg_flag,
     shell:
         "python -m comedian extract --video {input:q} --output {output:q} --fps {params.fps}"
         " --quality {params.quality} {params.ffmpeg} > {log:q} 2>&1"
@@ -58,6 +58,14 @@ rule pca:
         others=[split_list(s) for s in SPLITS if s != "train"],
     output:
         PATHS["pca"],
+    log:
+        "logs/pca/{key}.log",
+    benchmark:
+        "benchmarks/pca/{key}.tsv"
+    conda:
+        "../../envs/comedian.yaml"
+    resources:
+        mem_mb=4000,
     params:
         root=data_root,
         others=split_flags,
@@ -65,14 +73,6 @@ rule pca:
         dims=setting("pca", "dims"),
         feature_dim=setting("pca", "feature_dim"),
         tolerance=setting("pca", "length_tolerance_s"),
-    resources:
-        mem_mb=4000,
-    log:
-        "logs/pca/{key}.log",
-    benchmark:
-        "benchmarks/pca/{key}.tsv"
-    conda:
-        "../../envs/comedian.yaml"
     shell:
         "python -m comedian pca --root {params.root:q} --train {input.train:q} {params.others}"
         " --output {output} --dims {params.dims} --feature-dim {params.feature_dim}"

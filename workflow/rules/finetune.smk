@@ -6,6 +6,15 @@ rule finetune:
         unpack(finetune_inputs),
     output:
         PATHS["finetune"],
+    log:
+        "logs/finetune/{key}/seed{seed}.log",
+    benchmark:
+        "benchmarks/finetune/{key}/seed{seed}.tsv"
+    conda:
+        "../../envs/comedian.yaml"
+    threads: 2
+    resources:
+        gpu=0,
     params:
         launch=launcher,
         init=init_flag,
@@ -19,15 +28,6 @@ rule finetune:
         workers=loader_workers,
         torch_threads=torch_threads,
         workdir="results/train/finetune/{key}/seed{seed}",
-    threads: 2
-    resources:
-        gpu=0,
-    log:
-        "logs/finetune/{key}/seed{seed}.log",
-    benchmark:
-        "benchmarks/finetune/{key}/seed{seed}.tsv"
-    conda:
-        "../../envs/comedian.yaml"
     shell:
         "{params.launch} finetune --root {params.root:q} --frames-dir {params.frames_dir}"
         " {params.train} {params.valid} --model {params.model:q}"

@@ -8,19 +8,19 @@ rule predict:
         games=split_list_of,
     output:
         PATHS["predict"],
-    params:
-        frames_dir=frames_dir,
-        window=window_flag,
-        ignore_s=setting("predict", "ignore_s"),
-        merge=setting("predict", "merge"),
-        batch_size=setting("predict", "batch_size"),
-    threads: 2
     log:
         "logs/predict/{key}/seed{seed}_{split}.log",
     benchmark:
         "benchmarks/predict/{key}/seed{seed}_{split}.tsv"
     conda:
         "../../envs/comedian.yaml"
+    threads: 2
+    params:
+        frames_dir=frames_dir,
+        window=window_flag,
+        ignore_s=setting("predict", "ignore_s"),
+        merge=setting("predict", "merge"),
+        batch_size=setting("predict", "batch_size"),
     shell:
         "python -m comedian predict --checkpoint {input.checkpoint} --frames-dir {params.frames_dir}"
         " --games {input.games:q} --output {output} {params.window} --ignore-s {params.ignore_s}"
@@ -34,12 +34,12 @@ rule ensemble:
         games=split_list_of,
     output:
         PATHS["ensemble"],
-    group:
-        "scoring"
     log:
         "logs/ensemble/{key}/{split}.log",
     benchmark:
         "benchmarks/ensemble/{key}/{split}.tsv"
+    group:
+        "scoring"
     conda:
         "../../envs/comedian.yaml"
     shell:
@@ -54,18 +54,18 @@ rule postprocess:
     output:
         predictions=directory(PATHS["postprocess"]),
         submission=PATHS["submission"],
-    params:
-        nms=setting("postprocess", "nms"),
-        window_s=setting("postprocess", "window_s"),
-        threshold=setting("postprocess", "threshold"),
-    group:
-        "scoring"
     log:
         "logs/postprocess/{key}/{model}_{split}.log",
     benchmark:
         "benchmarks/postprocess/{key}/{model}_{split}.tsv"
+    group:
+        "scoring"
     conda:
         "../../envs/comedian.yaml"
+    params:
+        nms=setting("postprocess", "nms"),
+        window_s=setting("postprocess", "window_s"),
+        threshold=setting("postprocess", "threshold"),
     shell:
         "python -m comedian postprocess --scores {input.scores} --games {input.games:q}"
         " --output {output.predictions} --zip {output.submission} --nms {params.nms}"

@@ -8,6 +8,15 @@ rule pretrain_spatial:
         train=[split_list("train")],
     output:
         PATHS["pretrain_spatial"],
+    log:
+        "logs/pretrain_spatial/{key}/seed{seed}.log",
+    benchmark:
+        "benchmarks/pretrain_spatial/{key}/seed{seed}.tsv"
+    conda:
+        "../../envs/comedian.yaml"
+    threads: 2
+    resources:
+        gpu=0,
     params:
         launch=launcher,
         root=data_root,
@@ -18,15 +27,6 @@ rule pretrain_spatial:
         workers=loader_workers,
         torch_threads=torch_threads,
         workdir="results/train/pretrain_spatial/{key}/seed{seed}",
-    threads: 2
-    resources:
-        gpu=0,
-    log:
-        "logs/pretrain_spatial/{key}/seed{seed}.log",
-    benchmark:
-        "benchmarks/pretrain_spatial/{key}/seed{seed}.tsv"
-    conda:
-        "../../envs/comedian.yaml"
     shell:
         "{params.launch} pretrain-spatial --root {params.root:q} --frames-dir {params.frames_dir}"
         " {params.train} --model {params.model:q} --step {params.step:q} --seed {wildcards.seed}"
@@ -39,6 +39,15 @@ rule pretrain_temporal:
         unpack(temporal_inputs),
     output:
         PATHS["pretrain_temporal"],
+    log:
+        "logs/pretrain_temporal/{key}/seed{seed}.log",
+    benchmark:
+        "benchmarks/pretrain_temporal/{key}/seed{seed}.tsv"
+    conda:
+        "../../envs/comedian.yaml"
+    threads: 2
+    resources:
+        gpu=0,
     params:
         launch=launcher,
         init=init_flag,
@@ -50,15 +59,6 @@ rule pretrain_temporal:
         workers=loader_workers,
         torch_threads=torch_threads,
         workdir="results/train/pretrain_temporal/{key}/seed{seed}",
-    threads: 2
-    resources:
-        gpu=0,
-    log:
-        "logs/pretrain_temporal/{key}/seed{seed}.log",
-    benchmark:
-        "benchmarks/pretrain_temporal/{key}/seed{seed}.tsv"
-    conda:
-        "../../envs/comedian.yaml"
     shell:
         "{params.launch} pretrain-temporal --root {params.root:q} --frames-dir {params.frames_dir}"
         " {params.train} --bank {input.bank} --model {params.model:q} --step {params.step:q}"
