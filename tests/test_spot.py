@@ -348,21 +348,13 @@ UNSEEN_INDEX = 1  # the demo tree's test split holds game 0 only: game 1 of that
 
 
 @pytest.fixture(scope="module")
-def demo_checkpoint(tmp_path_factory) -> Path:
-    """The README demo's fine-tuned checkpoint: ``config/config.yaml`` (3 train games, steps 1-3), trained by
-    the DAG up to the default experiment's seed-0 fine-tuning product, found through its manifest (no
-    inference or report rules)."""
-    import yaml
+def demo_checkpoint(demo_run) -> Path:
+    """The README demo's fine-tuned checkpoint: ``config/config.yaml`` (3 train games, steps 1-3) as the demo run
+    of the session (``conftest.py::demo_run``) trained it, the default experiment's seed 0, found through its
+    manifest."""
+    from test_workflow import product_file
 
-    from test_workflow import REPO, product_file, snakemake, write_config
-
-    workdir = tmp_path_factory.mktemp("demo_dag")
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    write_config(workdir, {**config, "tracking": {**config["tracking"], "experiment": "spot-test"}})
-    snakemake(workdir, "--cores", "1", "results/manifest.json")
-    checkpoint = product_file(workdir, "finetune", "seed0.pt")
-    snakemake(workdir, "--cores", "2", checkpoint)
-    return workdir / checkpoint
+    return demo_run / product_file(demo_run, "finetune", "seed0.pt")
 
 
 def _unseen_demo_video(path: Path, half_duration_s: float = 120.0) -> list:
