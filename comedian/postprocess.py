@@ -39,7 +39,7 @@ import json
 import math
 import shutil
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -275,7 +275,23 @@ def spotting_predictions(
     *,
     half: int,
 ) -> list[dict[str, str]]:
-    """NMS on one half's raw scores -> SoccerNet prediction entries (all fields strings).
+    """The entries of :func:`iter_spotting_predictions` as a list."""
+    return list(iter_spotting_predictions(scores, times_s, classes, nms, window_s, threshold, half=half))
+
+
+def iter_spotting_predictions(
+    scores: np.ndarray,
+    times_s: np.ndarray,
+    classes: Sequence[str],
+    nms: str,
+    window_s: float,
+    threshold: float,
+    *,
+    half: int,
+) -> Iterator[dict[str, str]]:
+    """NMS on one half's raw scores -> SoccerNet prediction entries (all fields strings), one at a time:
+    the checks and the NMS are done by the call, the entries made as they are taken (a long video's
+    spots need not all be held: ``comedian spot`` writes them as they come).
 
     Args:
         scores: (T, C) float per-step scores; column c is class ``classes[c]``.
@@ -287,7 +303,7 @@ def spotting_predictions(
         half: 1 or 2 (written as ``half`` and in ``gameTime``).
 
     Returns:
-        One dict per kept (nonzero) score, ordered by time then class index, with ``gameTime``
+        An iterator of one dict per kept (nonzero) score, ordered by time then class index, with ``gameTime``
         (:func:`game_time`), ``label``, ``position`` (milliseconds, the row's time rounded to the
         nearest millisecond), ``half`` and ``confidence`` (:func:`format_confidence`).
     """
@@ -303,7 +319,7 @@ def spotting_predictions(
     kept = apply_nms(scores, nms, window, threshold)
     rows, cols = np.nonzero(kept)  # row-major: by time, then class
     positions_ms = np.floor(times_s * 1000.0 + 0.5).astype(np.int64)
-    return [
+    return (
         {
             "gameTime": game_time(half, int(positions_ms[r])),
             "label": str(classes[c]),
@@ -311,8 +327,8 @@ def spotting_predictions(
             "half": str(half),
             "confidence": format_confidence(kept[r, c]),
         }
-        for r, c in zip(rows.tolist(), cols.tolist())
-    ]
+        for r, c in zip(rows, cols)  # numpy indices: 16 bytes a spot until taken
+    )
 
 
 def results_document(game: str, predictions: list[dict[str, str]]) -> dict:

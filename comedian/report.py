@@ -449,8 +449,10 @@ def timeline_figure(
         if times.size:
             step = times[1] - times[0] if times.size > 1 else 1.0
             extent = ((times[0] - step / 2) / unit, (times[-1] + step / 2) / unit, n - 0.5, -0.5)
+            # resampled as data, then coloured: the same pixels as matplotlib's RGBA stage (nearest), without
+            # its float RGBA copies of the image, whose size grew with the half's length (bench/bench_spot.py)
             image = ax_raw.imshow(scores.T, aspect="auto", extent=extent, cmap="magma", vmin=0, vmax=1,
-                                  interpolation="nearest")
+                                  interpolation="nearest", interpolation_stage="data")
             figure.colorbar(image, ax=ax_raw, label="raw score", pad=0.01)
         ax_raw.scatter(label_times_s / unit, label_classes, s=40, marker="|", color="cyan", linewidths=1)
         ax_raw.set_yticks(range(n), list(classes), fontsize=7)

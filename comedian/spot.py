@@ -18,7 +18,7 @@ not yet scored (memory does not grow with the video's length; ``bench/bench_spot
 3. several checkpoints: their raw scores averaged as ``comedian ensemble`` does (float64 mean on one
    time grid, :func:`comedian.inference.ensemble.check_same_grid`);
 4. NMS and the prediction entries of ``comedian postprocess``
-   (:func:`comedian.postprocess.spotting_predictions`), the whole video as half 1.
+   (:func:`comedian.postprocess.iter_spotting_predictions`), the whole video as half 1, written as they come.
 
 Settings come from the checkpoints' ``extra["inference"]`` (written by ``comedian finetune``: fps, window,
 input normalisation, ignore_s, merge, and the NMS settings its validation scored it with); ``--nms``,
@@ -56,6 +56,7 @@ import json
 import shutil
 import sys
 import time
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ __all__ = ["CHUNK_FRAMES", "SpotModel", "SpotSettings", "load_models", "spot_set
 CHUNK_FRAMES = 128
 DEFAULT_OUTPUT = Path("spots")
 RESULTS_FILE = "results_spotting.json"
+_SEPARATORS = (",", ":")
+_MARK = "\x00predictions\x00"  # stands for the prediction list in the JSON document's text
 _INFERENCE_KEYS = ("fps", "window_frames", "ignore_s", "merge", "nms", "nms_window_s", "nms_threshold")
 
 
@@ -284,22 +287,32 @@ def _push(jpegs: list[bytes], scorers: Sequence[Any], sizes: Sequence[Any]) -> N
 
 
 def _write_outputs(folder: Path, video: Path, models: Sequence[SpotModel], settings: SpotSettings,
-                   scores: np.ndarray, times_s: np.ndarray) -> list[dict[str, str]]:
+                   scores: np.ndarray, times_s: np.ndarray) -> int:
+    """Write the outputs of one video into ``folder``; the number of spots. The spots are written as NMS
+    gives them (the JSON and CSV rows streamed, only their time, class and confidence kept, for the
+    figure), so a long video's outputs are never all held as Python objects."""
     import h5py
 
-    from comedian.postprocess import results_document, spotting_predictions
+    from comedian.postprocess import iter_spotting_predictions, results_document
     from comedian.report import timeline_figure
 
     classes = settings.classes
-    predictions = spotting_predictions(scores, times_s, classes, settings.nms, settings.nms_window_s,
-                                       settings.nms_threshold, half=1)
-    (folder / RESULTS_FILE).write_text(json.dumps(results_document(video.name, predictions),
-                                                  separators=(",", ":")) + "\n")
-    with open(folder / "spots.csv", "w", newline="") as f:
+    index = {c: i for i, c in enumerate(classes)}
+    pred_times, pred_classes, pred_confidence = array("d"), array("q"), array("d")
+    # the document of comedian postprocess, byte for byte, its prediction list written entry by entry
+    head, tail = json.dumps(results_document(video.name, _MARK), separators=_SEPARATORS).split(json.dumps(_MARK))
+    with open(folder / RESULTS_FILE, "w") as results, open(folder / "spots.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["time_s", "label", "confidence"])
-        for p in predictions:
+        results.write(head + "[")
+        for k, p in enumerate(iter_spotting_predictions(scores, times_s, classes, settings.nms,
+                                                        settings.nms_window_s, settings.nms_threshold, half=1)):
+            results.write(("," if k else "") + json.dumps(p, separators=_SEPARATORS))
             writer.writerow([f"{int(p['position']) / 1000:g}", p["label"], p["confidence"]])
+            pred_times.append(int(p["position"]) / 1000)
+            pred_classes.append(index[p["label"]])
+            pred_confidence.append(float(p["confidence"]))
+        results.write("]" + tail + "\n")
     with h5py.File(folder / "scores.h5", "w") as h5:
         h5.create_dataset("scores", data=scores.astype(np.float32))
         h5.create_dataset("times_s", data=times_s.astype(np.float64))
@@ -310,19 +323,17 @@ def _write_outputs(folder: Path, video: Path, models: Sequence[SpotModel], setti
             models=json.dumps([{"window_frames": m.window_frames, "ignore_s": m.ignore_s, "merge": m.merge}
                                for m in models]),
         )
-    index = {c: i for i, c in enumerate(classes)}
     none = np.zeros(0)
+    n_spots = len(pred_times)
     figure = timeline_figure(
         classes, none, none.astype(np.int64), none.astype(bool),
-        np.array([int(p["position"]) / 1000 for p in predictions]),
-        np.array([index[p["label"]] for p in predictions], dtype=np.int64),
-        np.array([float(p["confidence"]) for p in predictions]),
-        f"{video.name}: {len(predictions)} spots ({settings.nms} NMS, {settings.nms_window_s:g} s, "
+        np.asarray(pred_times), np.asarray(pred_classes, dtype=np.int64), np.asarray(pred_confidence),
+        f"{video.name}: {n_spots} spots ({settings.nms} NMS, {settings.nms_window_s:g} s, "
         f"threshold {settings.nms_threshold:g})",
         raw=(scores, times_s),
     )
     figure.savefig(folder / "timeline.png", dpi=110)
-    return predictions
+    return n_spots
 
 
 def spot_video(video: str | Path, models: Sequence[SpotModel], settings: SpotSettings, output: str | Path,
@@ -344,12 +355,12 @@ def spot_video(video: str | Path, models: Sequence[SpotModel], settings: SpotSet
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        predictions = _write_outputs(tmp, video, models, settings, scores, times_s)
+        n_spots = _write_outputs(tmp, video, models, settings, scores, times_s)
         replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"spots": len(predictions), "duration_s": duration_s, "seconds": time.perf_counter() - t0,
+    return {"spots": n_spots, "duration_s": duration_s, "seconds": time.perf_counter() - t0,
             "folder": target}
 
 
