@@ -3,10 +3,23 @@
 Generates two demo-style videos (the demo generator's pitch, noise and glyphs, 398x224 at 25 fps) of
 ``--short-min`` and ``--long-min`` minutes, and spots each in a fresh process (``python -m comedian spot``,
 a random vivit_demo checkpoint: the network's cost does not depend on its weights) while sampling
-that process's resident set size (RSS, /proc/<pid>/status VmHWM, its peak); ffmpeg's own RSS
-(a child process, fixed by the codec) is reported apart. Prints one JSON object: per video its
-minutes, frames, seconds taken, x real time and peak RSS (MiB), and ``rss_ratio`` = long / short peak
-(bounded memory: ~1.0, where holding every frame would grow it with the length).
+that process's peak resident set size (/proc/<pid>/status VmHWM); ffmpeg's own (a child process, fixed by
+the codec) is reported apart. Each video is spotted twice: as users run it, and with glibc's mmap
+threshold fixed (``MALLOC_MMAP_THRESHOLD_``, so that large freed blocks go back to the system at once
+instead of being kept in the heap by glibc's dynamic threshold): the difference between the two is the
+allocator's retained memory, which varies from run to run by some tens of MiB but not with the length.
+
+Prints one JSON object: per video ``minutes``, ``frames`` (taken at 2 fps), ``tokens``, ``spots``,
+``seconds``, ``x_realtime``, ``peak_rss_mib``, ``peak_rss_fixed_mmap_mib``, ``ffmpeg_peak_rss_mib``;
+``rss_ratio`` and ``rss_ratio_fixed_mmap`` (long / short peak: bounded memory ~1.0, where holding every
+frame would grow it with the length), ``rss_growth_mib_per_min`` ((long - short) / (long - short minutes));
+and ``bound_mib``, what the streaming holds at once by the code's own sizes (none of it depends on the
+length): ``frame_tail`` (the frames of the windows not yet scored, at most ``batch x stride + window +
+chunk`` frames at the model's size, twice while a chunk is appended), ``chunk_native`` (one chunk of
+frames decoded at the video's size before the resize), ``window_batch`` (a batch of windows, uint8, and the
+model's float32 input), ``total``; and ``per_token_bytes`` x ``tokens`` = ``per_video_length_mib`` of
+the long video: what does grow with it (the (T, C) scores: the merge's float64 sum and count, the
+ensemble's mean, their times, NMS's float32 copies; an estimate), some tens of KiB per minute of video.
 
 Usage: ``python bench/bench_spot.py [--short-min 5] [--long-min 20] [--size 64] [--frames 64] [--device cpu]``.
 """
@@ -22,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
 import torch
 
 from comedian.data import demo
@@ -47,11 +61,16 @@ def _peak_kib(pid: int, key: str = "VmHWM") -> int:
     return 0
 
 
-def spot_peak(video: Path, checkpoint: Path, out: Path, device: str) -> dict:
+#: glibc's mmap threshold for the fixed-threshold runs (its default start, 128 KiB, kept from moving).
+FIXED_MMAP_THRESHOLD = 128 * 1024
+NATIVE = (demo.FRAME_HEIGHT, demo.FRAME_WIDTH)  # the generated videos' frame size
+
+
+def spot_peak(video: Path, checkpoint: Path, out: Path, device: str, batch_size: int, env: dict | None = None) -> dict:
     """Run ``comedian spot`` on ``video`` in a child process; its peak RSS and ffmpeg's, sampled."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COMEDIAN_TRACKING": "0"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COMEDIAN_TRACKING": "0", **(env or {})}
     cmd = [sys.executable, "-m", "comedian", "spot", str(video), "--checkpoint", str(checkpoint), "--output", str(out),
-           "--device", device, "--no-progress"]
+           "--device", device, "--batch-size", str(batch_size), "--no-progress"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, ffmpeg_peak = 0, 0
@@ -64,8 +83,38 @@ def spot_peak(video: Path, checkpoint: Path, out: Path, device: str) -> dict:
     stdout, stderr = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"comedian spot failed: {stderr.strip()[-2000:]}")
+    with h5py.File(out / video.stem / "scores.h5", "r") as h5:
+        tokens = int(h5["times_s"].shape[0])
+    with open(out / video.stem / "spots.csv") as f:
+        spots = sum(1 for _ in f) - 1
+    frames = int(stdout.split(" frames at ")[0].rsplit("(", 1)[1])  # "... (F frames at 2 fps, ...)"
     return {"seconds": time.perf_counter() - t0, "peak_rss_mib": peak / 1024, "ffmpeg_peak_rss_mib": ffmpeg_peak / 1024,
-            "output": stdout.strip()}
+            "frames": frames, "tokens": tokens, "spots": spots}
+
+
+def held_bound(model, window_frames: int, batch_size: int, ignore_s: float, fps: float, classes: int) -> dict:
+    """What the streaming holds at once, from the code's sizes (see the module docstring), in MiB; and the
+    bytes held per token of the video."""
+    import numpy as np
+
+    from comedian.inference.windows import input_size, window_plan
+    from comedian.spot import CHUNK_FRAMES
+
+    ts = int(model.tubelet_size)
+    plan = window_plan(1 << 16, window_frames, ignore_s, fps, ts)
+    stride_frames = int(np.diff(plan.starts).max()) * ts
+    h, w = input_size(model)
+    frame = h * w * 3
+    mib = 1 / 2**20
+    tail = 2 * (batch_size * stride_frames + window_frames + CHUNK_FRAMES) * frame
+    native = CHUNK_FRAMES * NATIVE[0] * NATIVE[1] * 3
+    batch = batch_size * window_frames * frame * (1 + 4)  # uint8 windows + the float32 input
+    # per token and class: the merge's float64 maximum or sum, its float32 result, the ensemble's float64 sum
+    # and float32 mean, NMS's three float32 rows; per token: the merge's count, the times, the positions in ms
+    per_token = classes * (8 + 4 + 8 + 4 + 3 * 4) + 3 * 8
+    return {"frame_tail": round(tail * mib, 1), "chunk_native": round(native * mib, 1),
+            "window_batch": round(batch * mib, 1), "total": round((tail + native + batch) * mib, 1),
+            "stride_frames": stride_frames}, per_token
 
 
 def main() -> None:
@@ -74,28 +123,42 @@ def main() -> None:
     parser.add_argument("--long-min", type=float, default=20.0)
     parser.add_argument("--size", type=int, default=64, help="model input side (px)")
     parser.add_argument("--frames", type=int, default=64, help="window length (frames at 2 fps)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    fps, ignore_s, classes = 2.0, 6.0, len(demo.SOCCERNET_V2_CLASSES)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)
-        model = build_model("vivit_demo", frames=args.frames, size=args.size, classes=17, drop_path=0.0)
+        model = build_model("vivit_demo", frames=args.frames, size=args.size, classes=classes, drop_path=0.0)
         extra = {"classes": list(demo.SOCCERNET_V2_CLASSES),
-                 "inference": {"fps": 2.0, "window_frames": args.frames, "ignore_s": 6.0, "merge": "max",
+                 "inference": {"fps": fps, "window_frames": args.frames, "ignore_s": ignore_s, "merge": "max",
                                "nms": "soft", "nms_window_s": 10.0, "nms_threshold": 0.001}}
         save_checkpoint(tmp / "ckpt.pt", make_checkpoint(model, "finetune", extra=extra))
-        result: dict = {"size": args.size, "window_frames": args.frames, "device": args.device}
+        bound, per_token = held_bound(model, args.frames, args.batch_size, ignore_s, fps, classes)
+        result: dict = {"size": args.size, "window_frames": args.frames, "batch_size": args.batch_size,
+                        "device": args.device}
         for name, minutes in (("short", args.short_min), ("long", args.long_min)):
             video = tmp / f"{name}.mkv"
             make_video(video, minutes)
-            run = spot_peak(video, tmp / "ckpt.pt", tmp / "out", args.device)
-            video_s = 60 * minutes
-            result[name] = {"minutes": minutes, "seconds": round(run["seconds"], 1),
-                            "x_real_time": round(video_s / run["seconds"], 1),
+            run = spot_peak(video, tmp / "ckpt.pt", tmp / "out", args.device, args.batch_size)
+            fixed = spot_peak(video, tmp / "ckpt.pt", tmp / "out", args.device, args.batch_size,
+                              {"MALLOC_MMAP_THRESHOLD_": str(FIXED_MMAP_THRESHOLD)})
+            result[name] = {"minutes": minutes, "frames": run["frames"], "tokens": run["tokens"],
+                            "spots": run["spots"], "seconds": round(run["seconds"], 1),
+                            "x_realtime": round(60 * minutes / run["seconds"], 1),
                             "peak_rss_mib": round(run["peak_rss_mib"], 1),
+                            "peak_rss_fixed_mmap_mib": round(fixed["peak_rss_mib"], 1),
                             "ffmpeg_peak_rss_mib": round(run["ffmpeg_peak_rss_mib"], 1)}
             video.unlink()
-        result["rss_ratio"] = round(result["long"]["peak_rss_mib"] / result["short"]["peak_rss_mib"], 3)
+        short, long = result["short"], result["long"]
+        result["rss_ratio"] = round(long["peak_rss_mib"] / short["peak_rss_mib"], 3)
+        result["rss_ratio_fixed_mmap"] = round(long["peak_rss_fixed_mmap_mib"] / short["peak_rss_fixed_mmap_mib"], 3)
+        result["rss_growth_mib_per_min"] = round(
+            (long["peak_rss_mib"] - short["peak_rss_mib"]) / (args.long_min - args.short_min), 2)
+        result["bound_mib"] = bound
+        result["per_token_bytes"] = per_token
+        result["per_video_length_mib"] = round(per_token * long["tokens"] / 2**20, 2)
     print(json.dumps(result, indent=2))
 
 

@@ -237,9 +237,9 @@ class _Progress:
 
 
 def _raw_scores(video: Path, models: Sequence[SpotModel], settings: SpotSettings, batch_size: int,
-                device: str, progress: bool) -> tuple[np.ndarray, np.ndarray, float]:
+                device: str, progress: bool) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Stream the video's frames once into every model's windows; the ensemble mean of their raw scores,
-    the times (s), and the video's duration (s)."""
+    the times (s), the video's duration (s) and its frames taken."""
     from comedian.data.frames import VideoJpegStream
     from comedian.inference.ensemble import check_same_grid
     from comedian.inference.windows import StreamScorer, input_size
@@ -272,7 +272,7 @@ def _raw_scores(video: Path, models: Sequence[SpotModel], settings: SpotSettings
         check_same_grid(times, ref_times, f"{video}: {model.path}", str(models[0].path))
         total += scores
     # the ensemble's mean, in float64, kept as float32 as its raw-score files keep it (NMS then sees the same)
-    return (total / len(models)).astype(np.float32), ref_times, float(stream.duration_s)
+    return (total / len(models)).astype(np.float32), ref_times, float(stream.duration_s), int(stream.count)
 
 
 def _push(jpegs: list[bytes], scorers: Sequence[Any], sizes: Sequence[Any]) -> None:
@@ -340,7 +340,8 @@ def spot_video(video: str | Path, models: Sequence[SpotModel], settings: SpotSet
                batch_size: int = 8, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Spot one video into ``output/<stem>/`` (see the module docstring); nothing is left there on failure.
 
-    Returns ``spots`` (count), ``duration_s`` (video), ``seconds`` (taken) and ``folder``.
+    Returns ``spots`` (count), ``duration_s`` (video), ``frames`` (taken at the models' fps), ``seconds``
+    (taken) and ``folder``.
 
     Raises:
         InputError: a missing, truncated or corrupt file, or one without video frames, naming it.
@@ -349,7 +350,7 @@ def spot_video(video: str | Path, models: Sequence[SpotModel], settings: SpotSet
 
     video, output = Path(video), Path(output)
     t0 = time.perf_counter()
-    scores, times_s, duration_s = _raw_scores(video, models, settings, batch_size, device, progress)
+    scores, times_s, duration_s, frames = _raw_scores(video, models, settings, batch_size, device, progress)
     target = output / video.stem
     tmp = output / f".{video.stem}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -360,7 +361,7 @@ def spot_video(video: str | Path, models: Sequence[SpotModel], settings: SpotSet
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"spots": n_spots, "duration_s": duration_s, "seconds": time.perf_counter() - t0,
+    return {"spots": n_spots, "duration_s": duration_s, "frames": frames, "seconds": time.perf_counter() - t0,
             "folder": target}
 
 
@@ -410,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"comedian spot: error: {message}", file=sys.stderr)
             failed += 1
             continue
-        print(f"{video}: {info['spots']} spots in {info['duration_s']:.1f} s of video ({info['seconds']:.1f} s "
-              f"taken) -> {info['folder']}/")
+        print(f"{video}: {info['spots']} spots in {info['duration_s']:.1f} s of video ({info['frames']} frames at "
+              f"{settings.fps:g} fps, {info['seconds']:.1f} s taken) -> {info['folder']}/")
     return 1 if failed else 0
 
 

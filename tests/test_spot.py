@@ -213,9 +213,12 @@ def test_outputs_of_a_video(files, tmp_path):
     assert [(float(r["time_s"]), r["label"], r["confidence"]) for r in rows] == [
         (int(p["position"]) / 1000, p["label"], p["confidence"]) for p in preds]
     # the checkpoint's NMS settings are used: soft NMS over 4 s at 0.01, as comedian postprocess does
-    from comedian.postprocess import spotting_predictions
+    from comedian.postprocess import results_document, spotting_predictions
 
     assert preds == spotting_predictions(scores, times, CLASSES, "soft", 4.0, 0.01, half=1)
+    # written entry by entry, the document is byte for byte the one json.dumps gives (comedian postprocess's)
+    assert (folder / "results_spotting.json").read_text() == json.dumps(
+        results_document("clip.mp4", preds), separators=(",", ":")) + "\n"
     assert (folder / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
