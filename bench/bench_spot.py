@@ -7,10 +7,12 @@ that process's peak resident set size (/proc/<pid>/status VmHWM); ffmpeg's own (
 the codec) is reported apart. Each video is spotted twice: as users run it, and with glibc's mmap
 threshold fixed (``MALLOC_MMAP_THRESHOLD_``, so that large freed blocks go back to the system at once
 instead of being kept in the heap by glibc's dynamic threshold): the difference between the two is the
-allocator's retained memory, which varies from run to run by some tens of MiB but not with the length.
+allocator's retained memory (glibc arenas of torch's threads), which varies from run to run by up to
+~100 MiB whatever the length: each run is repeated (``--repeat``) and the median peak compared.
 
 Prints one JSON object: per video ``minutes``, ``frames`` (taken at 2 fps), ``tokens``, ``spots``,
-``seconds``, ``x_realtime``, ``peak_rss_mib``, ``peak_rss_fixed_mmap_mib``, ``ffmpeg_peak_rss_mib``;
+``seconds``, ``x_realtime``, ``peak_rss_mib`` (median of the runs; ``peak_rss_runs_mib`` each),
+``peak_rss_fixed_mmap_mib`` (``peak_rss_fixed_mmap_runs_mib``), ``ffmpeg_peak_rss_mib``;
 ``rss_ratio`` and ``rss_ratio_fixed_mmap`` (long / short peak: bounded memory ~1.0, where holding every
 frame would grow it with the length), ``rss_growth_mib_per_min`` ((long - short) / (long - short minutes));
 and ``bound_mib``, what the streaming holds at once by the code's own sizes (none of it depends on the
@@ -21,7 +23,8 @@ model's float32 input), ``total``; and ``per_token_bytes`` x ``tokens`` = ``per_
 the long video: what does grow with it (the (T, C) scores: the merge's float64 sum and count, the
 ensemble's mean, their times, NMS's float32 copies; an estimate), some tens of KiB per minute of video.
 
-Usage: ``python bench/bench_spot.py [--short-min 5] [--long-min 20] [--size 64] [--frames 64] [--device cpu]``.
+Usage: ``python bench/bench_spot.py [--short-min 5] [--long-min 20] [--repeat 3] [--size 64] [--frames 64]
+[--device cpu]``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,6 +129,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64, help="window length (frames at 2 fps)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each video and allocator setting")
     args = parser.parse_args()
     fps, ignore_s, classes = 2.0, 6.0, len(demo.SOCCERNET_V2_CLASSES)
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,14 +146,18 @@ def main() -> None:
         for name, minutes in (("short", args.short_min), ("long", args.long_min)):
             video = tmp / f"{name}.mkv"
             make_video(video, minutes)
-            run = spot_peak(video, tmp / "ckpt.pt", tmp / "out", args.device, args.batch_size)
-            fixed = spot_peak(video, tmp / "ckpt.pt", tmp / "out", args.device, args.batch_size,
-                              {"MALLOC_MMAP_THRESHOLD_": str(FIXED_MMAP_THRESHOLD)})
+            fixed_env = {"MALLOC_MMAP_THRESHOLD_": str(FIXED_MMAP_THRESHOLD)}
+            runs = [spot_peak(video, tmp / "ckpt.pt", tmp / "out", args.device, args.batch_size, env)
+                    for _ in range(args.repeat) for env in (None, fixed_env)]
+            plain, fixed = runs[0::2], runs[1::2]
+            run = plain[0]
             result[name] = {"minutes": minutes, "frames": run["frames"], "tokens": run["tokens"],
                             "spots": run["spots"], "seconds": round(run["seconds"], 1),
                             "x_realtime": round(60 * minutes / run["seconds"], 1),
-                            "peak_rss_mib": round(run["peak_rss_mib"], 1),
-                            "peak_rss_fixed_mmap_mib": round(fixed["peak_rss_mib"], 1),
+                            "peak_rss_mib": round(statistics.median(r["peak_rss_mib"] for r in plain), 1),
+                            "peak_rss_runs_mib": [round(r["peak_rss_mib"], 1) for r in plain],
+                            "peak_rss_fixed_mmap_mib": round(statistics.median(r["peak_rss_mib"] for r in fixed), 1),
+                            "peak_rss_fixed_mmap_runs_mib": [round(r["peak_rss_mib"], 1) for r in fixed],
                             "ffmpeg_peak_rss_mib": round(run["ffmpeg_peak_rss_mib"], 1)}
             video.unlink()
         short, long = result["short"], result["long"]
