@@ -145,6 +145,17 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
     return {name: config[name]}
 
 
+#: Model settings that step 1 does not use: it trains the spatial transformer on 1-s sub-videos, and
+#: stores only that part, which step 2 loads whatever its clip length and temporal depth.
+TEMPORAL_ONLY_MODEL_SETTINGS = ("frames", "temporal_depth")
+
+
+def spatial_model(model: dict[str, Any]) -> dict[str, Any]:
+    """Step 1's model settings: the ``model`` section without :data:`TEMPORAL_ONLY_MODEL_SETTINGS` (step 1
+    builds its model with their defaults), so that experiments differing only in those share step 1."""
+    return {k: v for k, v in model.items() if k not in TEMPORAL_ONLY_MODEL_SETTINGS}
+
+
 def products(config: dict[str, Any], codes: dict[str, str]) -> dict[str, Product]:
     """One experiment's products by role; only those its DAG needs (no step 1 when nothing starts from
     it, no PCA with a bank file of one's own)."""
@@ -159,7 +170,7 @@ def products(config: dict[str, Any], codes: dict[str, str]) -> dict[str, Product
     temporal = init == "pretrain_temporal"
     spatial = init == "pretrain_spatial" or (temporal and config["pretrain_temporal"]["init"] == "pretrain_spatial")
     if spatial:
-        out["pretrain_spatial"] = make("pretrain_spatial", {**_section(config, "model"),
+        out["pretrain_spatial"] = make("pretrain_spatial", {"model": spatial_model(config["model"]),
                                                             **_section(config, "pretrain_spatial"), **data},
                                        frames=frames)
     if temporal:

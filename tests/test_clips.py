@@ -162,6 +162,13 @@ def test_segment_windows_are_spread_evenly_when_they_must_overlap():
     assert starts.tolist() == [0, 12, 24, 36]  # 0 .. 100 - 64 in 3 equal steps
 
 
+@pytest.mark.parametrize("mode", ["segments", "uniform"])
+def test_fewer_windows_than_halves_leave_the_later_halves_without(mode):
+    halves = [HalfVideo("g", 1, Path("x"), 300, 2.0), HalfVideo("g", 2, Path("y"), 300, 2.0)]
+    windows = sample_windows(halves, 1, 64, seed=0, epoch=0, mode=mode)
+    assert windows.shape == (1, 2) and windows[0, 0] == 0 and 0 <= windows[0, 1] <= 300 - 64
+
+
 def test_random_windows_cover_the_timeline_uniformly():
     halves = [HalfVideo("g", 1, Path("x"), 300, 2.0), HalfVideo("g", 2, Path("y"), 100, 2.0)]
     w = np.concatenate([sample_windows(halves, 200, 20, seed=0, epoch=e) for e in range(20)])

@@ -51,6 +51,18 @@ def test_experiments_share_exactly_the_products_whose_settings_agree(demo):
     assert shared_roles(base, p["fps"]) == set()
 
 
+def test_window_length_and_temporal_depth_share_step_1(demo):
+    """Step 1 trains the spatial transformer alone (on 1-s sub-videos): Tables 2-3's depths and windows share it;
+    its job gets the model section without those settings."""
+    p = plan_of(demo, depth={"model": {"temporal_depth": 6}}, window={"model": {"frames": 32}},
+                swin={"model": {"arch": "viswin_demo"}})
+    base = p["default"]
+    assert shared_roles(base, p["depth"]) == shared_roles(base, p["window"]) == {"extract", "pretrain_spatial", "pca"}
+    assert "pretrain_spatial" not in shared_roles(base, p["swin"])
+    step1 = base.products["pretrain_spatial"].settings["model"]
+    assert "frames" not in step1 and "temporal_depth" not in step1 and step1["arch"] == demo["model"]["arch"]
+
+
 def test_a_setting_switched_back_names_the_earlier_products(demo):
     first, other, back = (plan_of(demo, x={"postprocess": {"window_s": w}})["x"] for w in (10, 4, 10))
     assert keys(first) == keys(back) and keys(first) != keys(other)

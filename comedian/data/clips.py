@@ -254,6 +254,8 @@ def sample_windows(halves: Sequence[HalfVideo], per_game: int, window_frames: in
             spread = _segment_starts if mode == "segments" else _disjoint_starts
             shares = [per_game // len(indices) + (j < per_game % len(indices)) for j in range(len(indices))]
             for i, k in zip(indices, shares):
+                if k == 0:  # fewer windows than halves: the later halves get none
+                    continue
                 begin = spread(halves[i].count, window_frames, k, rng)
                 out.append(np.stack([np.full(k, i), np.asarray(begin, dtype=np.int64)], axis=1))
     return np.concatenate(out).astype(np.int64)
