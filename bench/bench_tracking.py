@@ -13,7 +13,7 @@ server once, complete (``runs_lost``, ``runs_doubled``); a job whose requests ti
 offline file (``fell_back``), never a shared one (``fallback_files_shared``), and no job opened
 any other sqlite file (``other_sqlite_files``). Prints one JSON object.
 
-Usage: ``python bench/bench_tracking.py [--jobs 50] [--single 5] [--workers 2] [--json]``.
+Usage: ``python bench/bench_tracking.py [--jobs 50] [--single 5] [--workers 4] [--json]``.
 """
 
 from __future__ import annotations
@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50, help="jobs started at once (default 50)")
     parser.add_argument("--single", type=int, default=5, help="jobs run one after another first (default 5)")
-    parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="server worker processes (default 4, as comedian tracking-server)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     args = parser.parse_args(argv)
     result = measure(args.jobs, args.single, args.workers)
