@@ -32,8 +32,9 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
+
+from comedian import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,18 +86,7 @@ def tracking_server(store: Path, workers: int, env: dict[str, str], limit_s: flo
     try:
         lines = [proc.stdout.readline(), proc.stdout.readline()]
         url = lines[1].split(": ", 1)[1].strip()
-        deadline = time.monotonic() + limit_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"tracking server exited with {proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"tracking server at {url} not healthy after {limit_s:.0f} s") from None
-                time.sleep(0.5)
+        tracking.wait_for_server(url, proc, limit_s)
         yield url, proc.pid
     finally:  # the server and its workers share the process group we started (pgid == pid)
         with contextlib.suppress(ProcessLookupError):
@@ -139,8 +129,6 @@ def server_runs(url: str) -> dict[str, list]:
     """The server's runs of experiment "comedian", by run token."""
     from mlflow import MlflowClient
 
-    from comedian import tracking
-
     client = MlflowClient(tracking_uri=url)
     experiment = client.get_experiment_by_name("comedian")
     by_token = collections.defaultdict(list)
@@ -151,8 +139,6 @@ def server_runs(url: str) -> dict[str, list]:
 
 def measure(jobs: int, single: int, workers: int) -> dict:
     from mlflow import MlflowClient
-
-    from comedian import tracking
 
     env = {k: v for k, v in os.environ.items() if k not in _CLEARED and not k.startswith("MLFLOW_HTTP")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])

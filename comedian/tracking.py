@@ -91,8 +91,8 @@ TAG_KIND = "comedian.kind"
 TAG_STAGE = "comedian.stage"
 TAG_WILDCARD_PREFIX = "comedian.wildcard."
 TAG_WORKDIR = "comedian.workdir"
-#: A random token per run, set at creation: a run created twice (an HTTP request the server did
-#: carry out but whose answer timed out) is found by it and kept once.
+#: A random token per run, set at creation (and kept in the fallback store): a create request whose
+#: answer timed out is not resent, but its run looked up by this tag (:meth:`_Store.create_run`).
 TAG_TOKEN = "comedian.run_token"
 #: Tries of creating a run on an HTTP server (each a single request; see :meth:`_Store.create_run`),
 #: and the factor on the HTTP timeout that each try is given (it is never resent after a timeout).
@@ -244,6 +244,12 @@ def _retry(fn: Callable[..., Any], *args: Any, attempts: int = 8, **kwargs: Any)
     raise AssertionError("unreachable")
 
 
+def _set_env_defaults(values: Mapping[str, str]) -> None:
+    """Set each environment variable of ``values`` that is not set already."""
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
+
+
 @contextlib.contextmanager
 def _env(**values: str) -> Iterator[None]:
     """Set environment variables for the duration of the block (MLflow reads its HTTP settings from
@@ -293,6 +299,25 @@ def _init_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def wait_for_server(url: str, proc: Any, limit_s: float) -> None:
+    """Wait until the tracking server at ``url``, started as process ``proc`` (a ``subprocess.Popen``),
+    answers ``/health`` with 200; raise ``RuntimeError`` if it exits first, ``TimeoutError`` after
+    ``limit_s`` seconds."""
+    import urllib.request
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tracking server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"tracking server at {url} not healthy after {limit_s:.0f} s")
+
+
 def _probe_http(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     """Raise :class:`_StoreError` unless an HTTP server answers at ``uri`` within ``timeout`` s.
 
@@ -317,11 +342,9 @@ class _Store:
 
     def __init__(self, uri: str, experiment: str) -> None:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # stdout may be a stage output
-        for key, value in MLFLOW_ENV_DEFAULTS.items():
-            os.environ.setdefault(key, value)
+        _set_env_defaults(MLFLOW_ENV_DEFAULTS)
         if _is_http(uri):
-            for key, value in HTTP_ENV_DEFAULTS.items():
-                os.environ.setdefault(key, value)
+            _set_env_defaults(HTTP_ENV_DEFAULTS)
             _probe_http(uri)
         from mlflow import MlflowClient
 
@@ -870,7 +893,8 @@ def start_pipeline_run(
             tags ``comedian.provenance.*`` and artifact ``provenance.json``.
         export: set ``COMEDIAN_TRACKING_URI`` (the store actually used: the fallback if ``uri``
             failed), ``COMEDIAN_TRACKING_FALLBACK_URI``, ``COMEDIAN_EXPERIMENT`` (and its id,
-            ``COMEDIAN_EXPERIMENT_ID``) and ``COMEDIAN_PIPELINE_RUN_ID`` in ``os.environ``, which every job inherits; and
+            ``COMEDIAN_EXPERIMENT_ID``) and ``COMEDIAN_PIPELINE_RUN_ID`` in ``os.environ``, which
+            every job inherits; and
             ``COMEDIAN_PROVENANCE`` (commit and digests, for result files) even with tracking off.
 
     Returns:
@@ -1013,7 +1037,6 @@ def main(argv: list[str] | None = None) -> int:
     name = socket.getfqdn() if args.host in {"0.0.0.0", "::"} else args.host
     print(f"comedian tracking-server: store {args.store.resolve()}", flush=True)
     print(f"tracking.uri: http://{name}:{args.port}", flush=True)
-    for key, value in {**MLFLOW_ENV_DEFAULTS, **SERVER_ENV_DEFAULTS}.items():
-        os.environ.setdefault(key, value)
+    _set_env_defaults({**MLFLOW_ENV_DEFAULTS, **SERVER_ENV_DEFAULTS})
     os.execv(sys.executable, server_command(args.store, args.host, args.port, args.workers))
     return 0  # not reached

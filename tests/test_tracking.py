@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -487,20 +486,6 @@ def _start_server(tmp_path: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=log, start_new_session=True)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow server at {url} not healthy after {limit_s:.0f} s")
-
-
 def _stop_server(proc: subprocess.Popen) -> None:
     """Stop the server and its workers: they share the process group we started (pgid == pid)."""
     if proc.returncode is not None:
@@ -520,7 +505,7 @@ def test_real_server_parent_child_and_failover(workdir, caplog, tmp_path):
     url = f"http://127.0.0.1:{port}"
     proc = _start_server(tmp_path, port)
     try:
-        _wait_healthy(url, proc, limit_s=180)
+        tracking.wait_for_server(url, proc, limit_s=180)
         parent = tracking.start_pipeline_run(url, "comedian-server", config={"seed": 1})
         assert parent is not None and os.environ[tracking.ENV_URI] == url
         with tracking.stage_run("finetune", wildcards={"fold": 0}, params={"lr": 1e-4}) as run:
