@@ -274,20 +274,6 @@ def spotting_predictions(
     threshold: float,
     *,
     half: int,
-) -> list[dict[str, str]]:
-    """The entries of :func:`iter_spotting_predictions` as a list."""
-    return list(iter_spotting_predictions(scores, times_s, classes, nms, window_s, threshold, half=half))
-
-
-def iter_spotting_predictions(
-    scores: np.ndarray,
-    times_s: np.ndarray,
-    classes: Sequence[str],
-    nms: str,
-    window_s: float,
-    threshold: float,
-    *,
-    half: int,
 ) -> Iterator[dict[str, str]]:
     """NMS on one half's raw scores -> SoccerNet prediction entries (all fields strings), one at a time:
     the checks and the NMS are done by the call, the entries made as they are taken (a long video's
@@ -487,8 +473,8 @@ def write_results(
             predictions: list[dict[str, str]] = []
             for half, (scores, times_s) in sorted(raw[game].items()):
                 try:
-                    predictions += spotting_predictions(
-                        scores, times_s, classes, nms, window_s, threshold, half=half
+                    predictions.extend(
+                        spotting_predictions(scores, times_s, classes, nms, window_s, threshold, half=half)
                     )
                 except ValueError as err:
                     raise InputError(f"{scores_path}: '/{game_slug(game)}/{half}': {err}") from None

@@ -18,7 +18,7 @@ not yet scored (memory does not grow with the video's length; ``bench/bench_spot
 3. several checkpoints: their raw scores averaged as ``comedian ensemble`` does (float64 mean on one
    time grid, :func:`comedian.inference.ensemble.check_same_grid`);
 4. NMS and the prediction entries of ``comedian postprocess``
-   (:func:`comedian.postprocess.iter_spotting_predictions`), the whole video as half 1, written as they come.
+   (:func:`comedian.postprocess.spotting_predictions`), the whole video as half 1, written as they come.
 
 Settings come from the checkpoints' ``extra["inference"]`` (written by ``comedian finetune``: fps, window,
 input normalisation, ignore_s, merge, and the NMS settings its validation scored it with); ``--nms``,
@@ -293,7 +293,7 @@ def _write_outputs(folder: Path, video: Path, models: Sequence[SpotModel], setti
     figure), so a long video's outputs are never all held as Python objects."""
     import h5py
 
-    from comedian.postprocess import iter_spotting_predictions, results_document
+    from comedian.postprocess import spotting_predictions, results_document
     from comedian.report import timeline_figure
 
     classes = settings.classes
@@ -305,7 +305,7 @@ def _write_outputs(folder: Path, video: Path, models: Sequence[SpotModel], setti
         writer = csv.writer(f)
         writer.writerow(["time_s", "label", "confidence"])
         results.write(head + "[")
-        for k, p in enumerate(iter_spotting_predictions(scores, times_s, classes, settings.nms,
+        for k, p in enumerate(spotting_predictions(scores, times_s, classes, settings.nms,
                                                         settings.nms_window_s, settings.nms_threshold, half=1)):
             results.write(("," if k else "") + json.dumps(p, separators=_SEPARATORS))
             writer.writerow([f"{int(p['position']) / 1000:g}", p["label"], p["confidence"]])

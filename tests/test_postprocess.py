@@ -214,7 +214,7 @@ def test_spotting_predictions_uses_seconds():
     # the same 5-s window is 10 steps on a 0.5-s grid and 5 steps on a 1-s grid
     for step, steps in ((0.5, 10), (1.0, 5)):
         times = 0.25 + step * np.arange(40)
-        predictions = spotting_predictions(scores, times, classes, "soft", 5.0, 0.2, half=2)
+        predictions = list(spotting_predictions(scores, times, classes, "soft", 5.0, 0.2, half=2))
         kept = soft_nms(scores, steps, 0.2)
         rows, cols = np.nonzero(kept)
         assert [(p["label"], p["position"]) for p in predictions] == [

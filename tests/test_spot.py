@@ -215,7 +215,7 @@ def test_outputs_of_a_video(files, tmp_path):
     # the checkpoint's NMS settings are used: soft NMS over 4 s at 0.01, as comedian postprocess does
     from comedian.postprocess import results_document, spotting_predictions
 
-    assert preds == spotting_predictions(scores, times, CLASSES, "soft", 4.0, 0.01, half=1)
+    assert preds == list(spotting_predictions(scores, times, CLASSES, "soft", 4.0, 0.01, half=1))
     # written entry by entry, the document is byte for byte the one json.dumps gives (comedian postprocess's)
     assert (folder / "results_spotting.json").read_text() == json.dumps(
         results_document("clip.mp4", preds), separators=(",", ":")) + "\n"
@@ -231,7 +231,7 @@ def test_nms_overrides(files, tmp_path):
     from comedian.postprocess import spotting_predictions
 
     preds = json.loads((tmp_path / "clip" / "results_spotting.json").read_text())["predictions"]
-    assert preds == spotting_predictions(scores, times, CLASSES, "hard", 6.0, 0.3, half=1)
+    assert preds == list(spotting_predictions(scores, times, CLASSES, "hard", 6.0, 0.3, half=1))
 
 
 def test_ensemble_averages_the_raw_scores(files, tmp_path):
