@@ -576,11 +576,18 @@ def _fast_prediction_columns(data: bytes) -> list[list] | None:
     """The converted columns of :data:`_PREDICTION_FIELDS`, or None where the document is not the
     plain case (then the stdlib path reads it and names what is wrong).
 
-    msgspec decodes straight into a struct of the four fields (the others are skipped unparsed):
-    ~3x faster than ``json.loads`` building a dict per entry. It agrees with ``json.loads`` where it
-    succeeds (later duplicate keys win, integers of any size); what it rejects or may read
-    differently (NaN/Infinity literals, lone surrogates, a BOM, invalid UTF-8 in skipped fields,
-    numbers out of float range) goes to the stdlib path.
+    msgspec decodes straight into a struct of the four fields (the others are skipped unparsed),
+    ~3x faster than ``json.loads`` building a dict per entry, and converts in C where its
+    conversion is the official's: ``confidence`` with msgspec's lax ``float`` (the same double as
+    ``float()`` for every string it accepts; it refuses the rest, e.g. ``" 0.5"`` or ``"1e400"``).
+    ``position`` and ``half`` are kept raw and converted only where every value is a plain integer
+    (digits and a sign, quoted or not), the one case in which msgspec's lax ``int`` equals
+    ``int()``: it would also take ``"1e3"`` and ``"1.0"``, which ``int()`` refuses. It agrees with
+    ``json.loads`` where it succeeds (later duplicate keys win, integers of any size); what it
+    rejects or may read differently (NaN/Infinity literals, lone surrogates, a BOM, invalid UTF-8 in
+    skipped fields, numbers out of float range, escapes in the integer fields) goes to the stdlib
+    path. One difference is kept: a confidence ``"-0"`` (an integer string) reads as +0.0, not
+    ``float()``'s -0.0; the two are equal, and no comparison of the scorer tells them apart.
     """
     import msgspec  # lazily: only the file API needs it
 
@@ -589,21 +596,32 @@ def _fast_prediction_columns(data: bytes) -> list[list] | None:
             data.decode("utf-8")
         except UnicodeDecodeError:
             return None
+    entries_decoder, integers_decoder = _prediction_decoders(msgspec)
+
+    def plain_integers(field: str) -> list[int] | None:
+        text = b",".join(map(operator.attrgetter(field), entries))
+        if text.translate(None, b'0123456789-",'):
+            return None
+        return integers_decoder.decode(b"[" + text + b"]")
+
     try:
-        entries = _prediction_decoder(msgspec).decode(data).predictions
+        entries = entries_decoder.decode(data).predictions
+        position, half = plain_integers("position"), plain_integers("half")
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    columns = [list(map(operator.attrgetter(field), entries)) for field in _PREDICTION_FIELDS]
-    try:
-        return [convert(column) for convert, column in zip(_PREDICTION_CONVERTS, columns)]
-    except (TypeError, ValueError, OverflowError, IndexError):
+    if position is None or half is None:
         return None
+    return [position, half, list(map(operator.attrgetter("confidence"), entries)),
+            list(map(operator.attrgetter("label"), entries))]
 
 
 @functools.cache
-def _prediction_decoder(msgspec: Any) -> Any:
-    entry = msgspec.defstruct("Prediction", [(f, Any) for f in _PREDICTION_FIELDS], gc=False)
-    return msgspec.json.Decoder(msgspec.defstruct("Predictions", [("predictions", list[entry])], gc=False))
+def _prediction_decoders(msgspec: Any) -> tuple[Any, Any]:
+    """(decoder of the documents' four fields, lax decoder of a JSON list of integers)."""
+    fields = [("position", msgspec.Raw), ("half", msgspec.Raw), ("confidence", float), ("label", str)]
+    entry = msgspec.defstruct("Prediction", fields, gc=False)
+    document = msgspec.defstruct("Predictions", [("predictions", list[entry])], gc=False)
+    return msgspec.json.Decoder(document, strict=False), msgspec.json.Decoder(list[int], strict=False)
 
 
 def read_prediction_file(path: str | Path, classes: Sequence[str]) -> dict[str, np.ndarray]:

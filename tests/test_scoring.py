@@ -378,6 +378,50 @@ def test_documents_outside_the_fast_parser_equal_official(tmp_path):
     compare(tmp_path, ["tight", "at1"], ["Goal"], ["Goal"])
 
 
+def test_fast_parser_reads_plain_integers_and_lax_floats_as_the_official(tmp_path):
+    """The fast path's own conversions: integers quoted or not, later duplicate keys winning,
+    confidences as numbers or strings (incl. "nan"/"Infinity", which ``float()`` takes), a
+    confidence "-0" read as +0.0 (equal to the official's -0.0)."""
+    predictions = [
+        {**pred(1, 1000, 0.5, "Goal"), "position": 1000, "half": 1, "confidence": 0.5},
+        {**pred(1, 5000, 0.7, "Goal"), "confidence": "nan"},
+        {**pred(1, 7000, 0.7, "Goal"), "confidence": "-0"},
+        {**pred(2, 3000, 0.4, "Goal"), "confidence": "Infinity"},
+        {**pred(2, 8000, 0.6, "Goal"), "confidence": "1e-3"},
+        {**pred(2, 9000, 0.2, "Goal"), "position": "-5"},
+    ]
+    text = json.dumps({"UrlLocal": "g", "predictions": predictions})
+    text = text.replace('"position": 1000, ', '"position": "77", "position": 1000, ', 1)
+    write_game(tmp_path, "l/s/g", [lab(1, 1000, "Goal"), lab(2, 3000, "Goal")], [])
+    (tmp_path / "preds" / "l/s/g" / "results_spotting.json").write_text(text)
+    columns = scoring._fast_prediction_columns(text.encode())
+    assert columns is not None
+    position, half, confidence, _ = columns
+    assert position == [1000, 5000, 7000, 3000, 8000, -5] and half == [1, 1, 1, 2, 2, 2]
+    assert np.isnan(confidence[1]) and confidence[2:5] == [0.0, float("inf"), 1e-3]
+    compare(tmp_path, ["tight", "at1"], ["Goal"], ["Goal"])
+
+
+@pytest.mark.parametrize("value", ['"1e3"', '"1.0"', '"1E3"', '" 5"', '"+5"', '"007"', '"5_000"', "1.5", "true"])
+@pytest.mark.parametrize("field", ["position", "half"])
+def test_integers_that_lax_parsing_would_bend_go_to_the_stdlib_path(tmp_path, field, value):
+    """msgspec's lax int takes "1e3" and "1.0", which the official's ``int()`` refuses, and refuses
+    what ``int()`` takes (" 5", "+5", "007", 1.5): all of them are read by the stdlib path."""
+    entry = {**pred(1, 1000, 0.5, "Goal"), field: "VALUE"}
+    text = json.dumps({"predictions": [pred(1, 2000, 0.5, "Goal"), entry]}).replace('"VALUE"', value)
+    assert scoring._fast_prediction_columns(text.encode()) is None
+    path = tmp_path / "results_spotting.json"
+    path.write_text(text)
+    try:
+        official = int(json.loads(value))
+    except ValueError:
+        with pytest.raises(InputError, match=rf"predictions\[1\]: field '{field}'"):
+            scoring.read_prediction_file(path, ["Goal"])
+    else:
+        column = {"position": "position_ms", "half": "half"}[field]
+        assert scoring.read_prediction_file(path, ["Goal"])[column][1] == official
+
+
 def test_invalid_utf8_in_a_skipped_field_is_bad_json(tmp_path):
     write_game(tmp_path, "l/s/g", [lab(1, 1000, "Goal")], [])
     doc = json.dumps({"UrlLocal": "XX", "predictions": [pred(1, 1000, 0.5, "Goal")]}).encode()
