@@ -13,11 +13,16 @@ therefore ask for the very same files, and Snakemake runs each job once:
     results/scores/<key>/ensemble/<split>.h5                    ensemble
     results/predictions/<key>/<model>/<split>/...               postprocess (and results/submissions/<key>/)
     results/metrics/<key>/<model>/<split>_<metric>.json         evaluate
+    results/reports/<key>/metrics.json, report/...              report (one per experiment and its settings)
 
-A setting switched back to an earlier value names the earlier key, whose files are still there: nothing
-reruns. Each experiment's readable view is its folder, ``results/`` for the base (the experiment
-``default``) and ``results/experiments/<name>/`` for the others: ``metrics.json``, the report's figures
-and ``manifest.json``, which names every product the experiment uses with its key and settings.
+A setting switched back to an earlier value names the earlier key, whose files are still there: no
+product is made again. Each experiment's readable view is its folder, ``results/`` for the base (the
+experiment ``default``) and ``results/experiments/<name>/`` for the others: a copy of its report
+(``metrics.json``, ``report/``) and ``manifest.json``, which names every product the experiment uses with
+its key and settings. The view's two jobs (the ``view`` rule copies the report, ``manifest`` writes the
+manifest) rerun whenever the products they show change, switching back included: a file such as
+results/metrics.json shows one setting at a time, and Snakemake reruns the job of an output whose inputs
+changed. They make nothing; they copy or write a few small files.
 """
 
 from __future__ import annotations
@@ -53,16 +58,21 @@ TEMPLATES = {
     "postprocess": "results/predictions/{key}/{model}/{split}",
     "submission": "results/submissions/{key}/{model}/{split}.zip",
     "evaluate": "results/metrics/{key}/{model}/{split}_{metric}.json",
+    "report": "results/reports/{key}",
 }
+#: An experiment's report, in its keyed folder and (copied) in its view; the rest is under report/.
+REPORT_FILES = {"metrics": "metrics.json", "ap_table": "report/ap_table.html", "ap_csv": "report/ap_table.csv",
+                "seeds": "report/seeds.html", "seeds_csv": "report/seeds.csv", "pr_curves": "report/pr_curves.png",
+                "timelines": "report/timelines", "run": "report/run.html"}
 #: The folders keyed products live in (what `comedian experiments --unused` looks through).
 KEYED_DIRS = ["results/frames", "results/features", "results/checkpoints/pretrain_spatial",
               "results/checkpoints/pretrain_temporal", "results/checkpoints/finetune", "results/scores",
               "results/predictions", "results/submissions", "results/metrics", "results/train/pretrain_spatial",
-              "results/train/pretrain_temporal", "results/train/finetune"]
+              "results/train/pretrain_temporal", "results/train/finetune", "results/reports"]
 #: rule -> its `comedian` stage (whose code hash is part of the key).
 STAGE_OF = {"extract": "extract", "pca": "pca", "pretrain_spatial": "pretrain-spatial",
             "pretrain_temporal": "pretrain-temporal", "finetune": "finetune", "predict": "predict",
-            "ensemble": "ensemble", "postprocess": "postprocess", "evaluate": "evaluate"}
+            "ensemble": "ensemble", "postprocess": "postprocess", "evaluate": "evaluate", "report": "report"}
 
 
 @dataclass(frozen=True)
@@ -156,9 +166,11 @@ def spatial_model(model: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in model.items() if k not in TEMPORAL_ONLY_MODEL_SETTINGS}
 
 
-def products(config: dict[str, Any], codes: dict[str, str]) -> dict[str, Product]:
-    """One experiment's products by role; only those its DAG needs (no step 1 when nothing starts from
-    it, no PCA with a bank file of one's own)."""
+def products(config: dict[str, Any], codes: dict[str, str], name: str) -> dict[str, Product]:
+    """The products by role of the experiment ``name``; only those its DAG needs (no step 1 when nothing
+    starts from it, no PCA with a bank file of one's own, no report when it scores no split). The report
+    is the experiment's own (it names it and shows its whole config, but not ``tracking``, which
+    computes nothing)."""
     data = {"dataset": config["dataset"], "demo": config["demo"]}
 
     def make(stage: str, settings: dict[str, Any], **inputs: Any) -> Product:
@@ -193,6 +205,11 @@ def products(config: dict[str, Any], codes: dict[str, str]) -> dict[str, Product
         out[f"postprocess/{model}"] = make("postprocess", {**_section(config, "postprocess"), **data},
                                            scores=out[scores].key)
         out[f"evaluate/{model}"] = make("evaluate", data, predictions=out[f"postprocess/{model}"].key)
+    if config["evaluate"]["splits"]:
+        shown = {k: v for k, v in config.items() if k != "tracking"}
+        out["report"] = make("report", {"experiment": name, "config": shown},
+                             metrics=out["evaluate/ensemble"].key, seed_metrics=out["evaluate/seed"].key,
+                             predictions=out["postprocess/ensemble"].key, scores=out["ensemble"].key)
     return out
 
 
@@ -200,7 +217,7 @@ def plan(config: dict[str, Any], source: str = "config") -> dict[str, Experiment
     """Every experiment of a validated config (the base first, as ``default``) with its products."""
     codes = _codes()
     overlays = {DEFAULT: {}, **config["experiments"]}
-    return {name: Experiment(name, cfg, overlays[name], products(cfg, codes))
+    return {name: Experiment(name, cfg, overlays[name], products(cfg, codes, name))
             for name, cfg in comedian_config.experiment_configs(config, source).items()}
 
 
@@ -215,6 +232,27 @@ def write_manifest(experiment_json: str, output: Path) -> None:
     document = json.loads(experiment_json)
     with atomic_path(output) as tmp:
         Path(tmp).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+
+
+def copy_report(report: Path, view: Path) -> None:
+    """An experiment's view: a copy of its keyed report folder (:data:`REPORT_FILES`). Each file is
+    written whole (a temporary name, then a rename); the timelines folder replaces the old one at once."""
+    from comedian.io import atomic_path, replace_dir
+
+    for name in REPORT_FILES.values():
+        source, target = report / name, view / name
+        if source.is_dir():
+            tmp = target.with_name(f".{target.name}.partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source, tmp, copy_function=shutil.copyfile)
+            replace_dir(tmp, target)
+            continue
+        try:
+            data = source.read_bytes()
+        except OSError as err:
+            raise InputError(f"{source}: cannot read the report ({err.strerror})") from None
+        with atomic_path(target, len(data)) as tmp:
+            tmp.write_bytes(data)
 
 
 def load_configs(paths: list[Path]) -> dict[str, Any]:
@@ -267,18 +305,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="comedian experiments",
         description="List a config's experiments (what each shares with which, what exists), list or remove "
-                    "the products none of them uses any more, or write one experiment's manifest.")
+                    "the products none of them uses any more, or write one experiment's manifest or view.")
     parser.add_argument("configs", nargs="*", type=Path, help="config file(s), merged as snakemake --configfile")
     parser.add_argument("--directory", type=Path, default=Path("."), help="the working directory (default .)")
     parser.add_argument("--unused", action="store_true", help="list the keyed folders no experiment uses")
     parser.add_argument("--remove", action="store_true", help="with --unused: delete them (each is printed)")
     parser.add_argument("--manifest", default=None, help="(the workflow's manifest rule) the manifest as JSON")
     parser.add_argument("--output", type=Path, default=None, help="(with --manifest) the manifest file")
+    parser.add_argument("--view", type=Path, default=None,
+                        help="(the workflow's view rule) copy the keyed report --report into this view folder")
+    parser.add_argument("--report", type=Path, default=None, help="(with --view) the keyed report folder")
     args = parser.parse_args(argv)
     if args.manifest is not None:
         if args.output is None:
             raise InputError("--manifest needs --output")
         write_manifest(args.manifest, args.output)
+        return 0
+    if args.view is not None:
+        if args.report is None:
+            raise InputError("--view needs --report")
+        copy_report(args.report, args.view)
         return 0
     if not args.configs:
         raise InputError("name the config file(s), e.g. config/config.yaml")

@@ -66,7 +66,33 @@ def test_window_length_and_temporal_depth_share_step_1(demo):
 def test_a_setting_switched_back_names_the_earlier_products(demo):
     first, other, back = (plan_of(demo, x={"postprocess": {"window_s": w}})["x"] for w in (10, 4, 10))
     assert keys(first) == keys(back) and keys(first) != keys(other)
-    assert keys(plan_of(demo)["default"]) == keys(first)  # the overlay equal to the base: the base's products
+    # the overlay equal to the base: the base's products, but for the report, which names its experiment
+    base, named_x = keys(plan_of(demo)["default"]), keys(first)
+    assert base.pop("report") != named_x.pop("report") and base == named_x
+    # a report setting: a new report, nothing else
+    timelines = keys(plan_of(demo, x={"postprocess": {"window_s": 10}, "report": {"timeline_games": 2}})["x"])
+    assert {role for role in timelines if timelines[role] != keys(first)[role]} == {"report"}
+
+
+def test_a_view_is_a_copy_of_its_keyed_report(tmp_path):
+    report, view = tmp_path / "results/reports/0123456789", tmp_path / "results/experiments/x"
+    for name in experiments.REPORT_FILES.values():
+        if name.endswith("timelines"):
+            (report / name).mkdir(parents=True)
+            (report / name / "g_1.png").write_bytes(b"png")
+        else:
+            (report / name).parent.mkdir(parents=True, exist_ok=True)
+            (report / name).write_text(name)
+    (view / "report" / "timelines").mkdir(parents=True)
+    (view / "report" / "timelines" / "old_1.png").write_bytes(b"old")
+    assert experiments.main(["--view", str(view), "--report", str(report)]) == 0
+    assert (view / "metrics.json").read_text() == "metrics.json"
+    assert (view / "report" / "run.html").read_text() == "report/run.html"
+    assert [p.name for p in (view / "report" / "timelines").iterdir()] == ["g_1.png"]  # the old folder replaced
+    assert not list(view.rglob(".*partial"))
+    (report / "report" / "seeds.csv").unlink()
+    with pytest.raises(InputError, match=r"seeds\.csv: cannot read the report"):
+        experiments.main(["--view", str(view), "--report", str(report)])
 
 
 def test_only_the_steps_an_experiment_needs_are_planned(demo):

@@ -233,14 +233,11 @@ def metric_flags(wildcards, input):
 
 
 def report_inputs(wildcards):
-    """An experiment's report: its manifest (so that a view is never without it), its metric files (the
-    ensemble's, each seed's), and the ensemble's spots, scores, games and labels of the report split."""
-    ex = experiment(wildcards)
-    if not ex.config["evaluate"]["splits"]:
-        raise InputError(f"{SOURCE}: experiment {ex.name!r} scores no split (evaluate.splits): it has no metrics.json")
+    """An experiment's report: its metric files (the ensemble's, each seed's), and the ensemble's spots, scores,
+    games and labels of the report split."""
+    ex = EXPERIMENTS[product(wildcards).settings["experiment"]]
     split = ex.config["report"]["split"]
     return {
-        "manifest": f"{ex.view()}/manifest.json",
         "metrics": ex.metric_files("ensemble"),
         "seed_metrics": [f for seed in ex.config["seeds"] for f in ex.metric_files(f"seed{seed}")],
         "predictions": ex.predictions("ensemble", split),
@@ -250,19 +247,59 @@ def report_inputs(wildcards):
     }
 
 
+def report_outputs(folder):
+    """The report's files in ``folder`` (experiments.REPORT_FILES), the timelines a folder."""
+    files = {name: f"{folder}/{path}" for name, path in experiments.REPORT_FILES.items()}
+    return {**files, "timelines": directory(files["timelines"])}
+
+
+#: What the HTML report shows of each view, with its caption (workflow/report/) and category.
+REPORT_ITEMS = {
+    "ap_table": ("../report/ap_table.rst", "Per-class AP"),
+    "seeds": ("../report/seeds.rst", "Seeds"),
+    "pr_curves": ("../report/pr_curves.rst", "Precision-recall"),
+    "timelines": ("../report/timelines.rst", "Timelines"),
+    "run": ("../report/run.rst", "Run"),
+}
+
+
+def view_outputs():
+    """A view's copy of the report, its items flagged for `snakemake --report`."""
+    files = report_outputs("{view}")
+    for name, (caption, category) in REPORT_ITEMS.items():
+        extra = {"patterns": ["{name}.png"]} if name == "timelines" else {}
+        files[name] = report(files[name], caption=caption, category=category, subcategory="{view}", **extra)
+    return files
+
+
+def view_inputs(wildcards):
+    """The keyed report a view copies (an experiment that scores no split has none, hence no metrics.json), and
+    its manifest, so that a view is never without it."""
+    ex = experiment(wildcards)
+    if "report" not in ex.products:
+        raise InputError(f"{SOURCE}: experiment {ex.name!r} scores no split (evaluate.splits): it has no metrics.json")
+    folder = ex.products["report"].folder()
+    return [f"{ex.view()}/manifest.json", *(f"{folder}/{path}" for path in experiments.REPORT_FILES.values())]
+
+
+def view_report(wildcards):
+    """The keyed report folder a view copies."""
+    return experiment(wildcards).products["report"].folder()
+
+
 def report_setting(name):
-    """A params function: one setting of the report section of the view's experiment."""
-    return lambda wildcards: experiment(wildcards).config["report"][name]
+    """A params function: one setting of the report section of the report's experiment."""
+    return lambda wildcards: product(wildcards).settings["config"]["report"][name]
 
 
 def experiment_name(wildcards):
-    return experiment(wildcards).name
+    return product(wildcards).settings["experiment"]
 
 
-def experiment_config_json(wildcards):
-    """The view's experiment's whole config (defaults filled in) as canonical JSON, for its run page; without
+def report_config_json(wildcards):
+    """The report's experiment's whole config (defaults filled in) as canonical JSON, for its run page; without
     ``tracking``, which computes nothing (where runs are logged reruns no job: the page names the MLflow run)."""
-    return canonical({k: v for k, v in experiment(wildcards).config.items() if k != "tracking"})
+    return canonical(product(wildcards).settings["config"])
 
 
 def manifest_json(wildcards):

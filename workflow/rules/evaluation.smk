@@ -1,6 +1,6 @@
 # Evaluation: the official t-AmAP of each model (every seed's, and their ensemble), labelled split and
-# metric; then each experiment's view (metrics.json per seed, mean, std, ensemble; the report; the
-# manifest of its products) and the tables of results beside the paper's figures.
+# metric; then each experiment's report (metrics.json per seed, mean, std, ensemble; figures and tables) and
+# view (a copy of the report and the manifest of its products), and the tables beside the paper's figures.
 
 
 rule evaluate:
@@ -26,52 +26,28 @@ rule evaluate:
         " --games {input.games:q} --metric {wildcards.metric} --json {output} {params.classes} > {log} 2>&1"
 
 
-# An experiment's view: results/ for the base (the experiment `default`), results/experiments/<name>/ else.
+# An experiment's report, keyed by its settings and inputs: switching a setting back finds it made.
 rule report:
     input:
         unpack(report_inputs),
     output:
-        metrics="{view}/metrics.json",
-        ap_table=report(
-            "{view}/report/ap_table.html",
-            caption="../report/ap_table.rst",
-            category="Per-class AP",
-            subcategory="{view}",
-        ),
-        ap_csv="{view}/report/ap_table.csv",
-        seeds=report("{view}/report/seeds.html", caption="../report/seeds.rst", category="Seeds", subcategory="{view}"),
-        seeds_csv="{view}/report/seeds.csv",
-        pr_curves=report(
-            "{view}/report/pr_curves.png",
-            caption="../report/pr_curves.rst",
-            category="Precision-recall",
-            subcategory="{view}",
-        ),
-        timelines=report(
-            directory("{view}/report/timelines"),
-            patterns=["{name}.png"],
-            caption="../report/timelines.rst",
-            category="Timelines",
-            subcategory="{view}",
-        ),
-        run=report("{view}/report/run.html", caption="../report/run.rst", category="Run", subcategory="{view}"),
+        **report_outputs(PATHS["report"]),
     log:
-        "logs/report/{view}.log",
+        "logs/report/{key}/report.log",
     benchmark:
-        "benchmarks/report/{view}.tsv"
+        "benchmarks/report/{key}/report.tsv"
     group:
         "scoring"
     conda:
         "../../envs/comedian.yaml"
     params:
-        code=code("report"),
         metrics=metric_flags,
         labels=data_root,
         split=report_setting("split"),
         pr_metric=report_setting("pr_metric"),
         timeline_games=report_setting("timeline_games"),
         experiment=experiment_name,
-        config=experiment_config_json,
+        config=report_config_json,
     shell:
         "python -m comedian report {params.metrics} --output-metrics {output.metrics}"
         " --split {params.split} --labels {params.labels:q} --predictions {input.predictions}"
@@ -80,6 +56,28 @@ rule report:
         " --pr-curves {output.pr_curves} --pr-metric {params.pr_metric}"
         " --timelines {output.timelines} --timeline-games {params.timeline_games} --run-page {output.run}"
         " --experiment {params.experiment} --config-json {params.config:q} > {log} 2>&1"
+
+
+# An experiment's view: results/ for the base (the experiment `default`), results/experiments/<name>/ else;
+# a copy of its report (a few files: switching a setting back reruns this job only).
+rule view:
+    input:
+        view_inputs,
+    output:
+        **view_outputs(),
+    log:
+        "logs/view/{view}.log",
+    benchmark:
+        "benchmarks/view/{view}.tsv"
+    group:
+        "scoring"
+    conda:
+        "../../envs/comedian.yaml"
+    params:
+        code=code("experiments"),
+        report=view_report,
+    shell:
+        "python -m comedian experiments --view {wildcards.view} --report {params.report} > {log} 2>&1"
 
 
 # What an experiment is made of: every product it uses, by key, with the settings behind it.
