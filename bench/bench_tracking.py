@@ -29,8 +29,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import shutil
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -38,27 +40,27 @@ from comedian import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: One job: prints "<uri> <run id> <run token> <seconds to enter the run>".
+#: The params a job logs at its start (those of an extraction job).
+JOB_PARAMS = {"video": "data/SoccerNet/game/1_720p.mkv", "fps": 2.0, "quality": 2}
+
+#: One job, as `python -m comedian extract` runs: the package is imported when the interpreter starts; a
+#: stage imports ``comedian.tracking`` when it starts tracking, so that import is timed with the start. Prints
+#: "<uri> <run id> <run token> <seconds to enter the run> <CPU seconds of that> <1 if mlflow got imported>".
 JOB = textwrap.dedent(
-    """
-    import contextlib, os, sys, time
+    f"""
+    import sys, time
     from pathlib import Path
-    from comedian import tracking
-    os.environ.update(tracking.MLFLOW_ENV_DEFAULTS)  # as a stage has them when it imports mlflow
-    # Imported before the clock starts (each job pays them whatever the store; on a cluster, on its own
-    # cores): mlflow, and IPython, which mlflow's Databricks check imports on the first HTTP request.
-    import mlflow
-    from mlflow import MlflowClient
-    with contextlib.suppress(ImportError):
-        import IPython
-    Path(f"ready-{sys.argv[1]}").touch()
+    import comedian
+    Path(f"ready-{{sys.argv[1]}}").touch()
     while not Path("go").exists():
         time.sleep(0.01)
-    start = time.perf_counter()
-    with tracking.stage_run("extract", wildcards={"job": sys.argv[1]}) as run:
-        started = time.perf_counter() - start
-        run.log_metrics({"x": 1.0})
-    print(run.uri, run.run_id, run.token, started)
+    start, cpu = time.perf_counter(), time.process_time()
+    from comedian.tracking import stage_run
+    with stage_run("extract", wildcards={{"job": sys.argv[1]}}, params={JOB_PARAMS!r}) as run:
+        started, started_cpu = time.perf_counter() - start, time.process_time() - cpu
+        imported = int("mlflow" in sys.modules)
+        run.log_metrics({{"x": 1.0}})
+    print(run.uri, run.run_id, run.token, started, started_cpu, imported)
     """
 )
 
@@ -74,18 +76,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def tracking_server(store: Path, workers: int, env: dict[str, str], limit_s: float = 180.0):
-    """`comedian tracking-server` on a free port; yields its URI (as printed) and process group id once
-    /health answers."""
+def tracking_server(store: Path, workers: int, env: dict[str, str], log: Path | None = None, limit_s: float = 180.0):
+    """`comedian tracking-server` on a free port, its output (errors and access log) into ``log``; yields its
+    URI (as printed) and process group id once /health answers."""
     port = free_port()
+    log_file = open(log or os.devnull, "w")  # noqa: SIM115 - closed below, after the server
     proc = subprocess.Popen(
         [sys.executable, "-m", "comedian", "tracking-server", "--store", str(store), "--host", "127.0.0.1",
          "--port", str(port), "--workers", str(workers)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        env=env, stdout=subprocess.PIPE, stderr=log_file, text=True, start_new_session=True,
     )  # fmt: skip
     try:
         lines = [proc.stdout.readline(), proc.stdout.readline()]
         url = lines[1].split(": ", 1)[1].strip()
+        # The server's access log goes to its stdout: drained, so that a full pipe never stalls it.
+        threading.Thread(target=shutil.copyfileobj, args=(proc.stdout, log_file), daemon=True).start()
         tracking.wait_for_server(url, proc, limit_s)
         yield url, proc.pid
     finally:  # the server and its workers share the process group we started (pgid == pid)
@@ -96,6 +101,7 @@ def tracking_server(store: Path, workers: int, env: dict[str, str], limit_s: flo
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # workers can outlive the server process
         proc.wait(timeout=10)
+        log_file.close()
 
 
 def group_cpu_s(pgid: int) -> float:
@@ -137,13 +143,33 @@ def server_runs(url: str) -> dict[str, list]:
     return by_token
 
 
-def measure(jobs: int, single: int, workers: int) -> dict:
+def server_cpu_per_request(url: str, server: int, experiment_id: str, n: int = 20) -> dict[str, float]:
+    """Server CPU seconds per request of each kind a job sends (one after another, ``n`` of each), sent as
+    the jobs send them (:class:`comedian.tracking._HttpStore`)."""
+    store = tracking._HttpStore(url, "comedian")
+    cost, run_ids = {}, []
+    requests = {
+        "health": lambda i: tracking._probe_http(url),
+        "create": lambda i: run_ids.append(store.create_run(tracking._now_ms(), {tracking.TAG_TOKEN: f"cpu-{i}"}, "cpu")),
+        "log_batch_params": lambda i: store.log_batch(run_ids[i], params={k: str(v) for k, v in JOB_PARAMS.items()}),
+        "log_batch_metric": lambda i: store.log_batch(run_ids[i], metrics=[("x", 1.0, tracking._now_ms(), 0)]),
+        "update": lambda i: store.set_terminated(run_ids[i], "FINISHED", tracking._now_ms()),
+    }
+    for kind, send in requests.items():
+        before = group_cpu_s(server)
+        for i in range(n):
+            send(i)
+        cost[kind] = round((group_cpu_s(server) - before) / n, 4)
+    return cost
+
+
+def measure(jobs: int, single: int, workers: int, log: Path | None = None) -> dict:
     from mlflow import MlflowClient
 
     env = {k: v for k, v in os.environ.items() if k not in _CLEARED and not k.startswith("MLFLOW_HTTP")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp, \
-            tracking_server(Path(tmp) / "store", workers, env) as (url, server):  # fmt: skip
+            tracking_server(Path(tmp) / "store", workers, env, log) as (url, server):  # fmt: skip
         experiment_id = MlflowClient(tracking_uri=url).create_experiment("comedian")
         # What a pipeline run exports to its jobs (but a parent run: each job's run is top-level here).
         job_env = {**env, tracking.ENV_URI: url, tracking.ENV_EXPERIMENT: "comedian",
@@ -152,30 +178,40 @@ def measure(jobs: int, single: int, workers: int) -> dict:
         load_before, cpu_before = os.getloadavg()[0], group_cpu_s(server)
         rows = run_jobs(jobs, Path(tmp) / "concurrent", job_env)
         server_cpu = group_cpu_s(server) - cpu_before
+        per_request = server_cpu_per_request(url, server, experiment_id)
         starts = sorted(float(fields[3]) for fields, _ in rows)
         fell_back = [fields[0] for fields, _ in rows if fields[0] != url]
         warnings = collections.Counter(
             re.sub(r"\d+(\.\d+)?", "N", err.strip().splitlines()[-1])[:160] for _, err in rows if err.strip()
         )
         by_token = server_runs(url)
+        params = {k: str(v) for k, v in JOB_PARAMS.items()}
         lost = doubled = 0
-        for (uri, run_id, token, _), _ in rows:
+        for (uri, run_id, token, *_), _ in rows:
             if uri != url:
                 continue
             runs = by_token.get(token, [])
             doubled += len(runs) > 1
             lost += not any(r.info.run_id == run_id and r.info.status == "FINISHED" and r.data.metrics == {"x": 1.0}
-                            for r in runs)
+                            and r.data.params == params for r in runs)
         sqlite_files = list((Path(tmp) / "concurrent").rglob("*.db"))
+    cores = os.cpu_count()
+    start_cpu = per_request["health"] + per_request["create"] + per_request["log_batch_params"]
     return {
         "jobs": jobs,
         "server_workers": workers,
-        "cores": os.cpu_count(),
+        "cores": cores,
         "load_avg": round(load_before, 2),
         "single_start_s_median": round(statistics.median(alone), 3) if alone else None,
         "start_s_median": round(starts[len(starts) // 2], 3),
         "start_s_max": round(starts[-1], 3),
+        "client_cpu_s_per_start_median": round(statistics.median(float(fields[4]) for fields, _ in rows), 4),
+        "starts_importing_mlflow": sum(int(fields[5]) for fields, _ in rows),
         "server_cpu_s_per_job": round(server_cpu / jobs, 4),
+        "server_cpu_s_per_request": per_request,
+        # With every job on these cores: the last of N simultaneous starts waits at least for the server's CPU
+        # of all N starts (its probe, create and params), shared by the cores.
+        "start_s_max_floor_here": round(jobs * start_cpu / cores, 3),
         # A cluster's jobs run on their own nodes: the server's CPU is then the shared resource, and the
         # last of N simultaneous starts waits about N x its CPU per job / its workers beyond its own start.
         "projected_start_s_max_on_cluster": round(
@@ -196,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single", type=int, default=5, help="jobs run one after another first (default 5)")
     parser.add_argument("--workers", type=int, default=4,
                         help="server worker processes (default 4, as comedian tracking-server)")
+    parser.add_argument("--server-log", type=Path, help="write the server's output (errors, access log) here")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     args = parser.parse_args(argv)
-    result = measure(args.jobs, args.single, args.workers)
+    result = measure(args.jobs, args.single, args.workers, args.server_log)
     if not args.json:
         print(f"one job alone: tracking start {result['single_start_s_median']} s (median of {args.single}); "
               f"{args.jobs} at once on {result['cores']} cores (load {result['load_avg']}): median "

@@ -76,10 +76,18 @@ HTTP_ENV_DEFAULTS: dict[str, str] = {
 #: (seen: a job's log_batch failing with KeyError '_MLFLOW_TELEMETRY_SESSION_ID'). A job talks to
 #: its own tracking store only.
 MLFLOW_ENV_DEFAULTS: dict[str, str] = {"MLFLOW_DISABLE_TELEMETRY": "true"}
-#: Set (unless already set) for `comedian tracking-server`: MLflow 3's server otherwise starts a job
+#: Set (unless already set) for `comedian tracking-server`. MLflow 3's server otherwise starts a job
 #: runner (GenAI evaluation jobs, which the pipeline has none of) of eight polling processes that
 #: burn ~0.6 CPU-seconds per second when idle, on the login node every job's tracking waits on.
-SERVER_ENV_DEFAULTS: dict[str, str] = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+#: And each server worker answers up to 40 requests at once (its thread pool), a run's creation
+#: holding two database connections (it looks its experiment up in a second session while holding
+#: the first): with SQLAlchemy's default pool of 5 + 10 connections, 15 creates at once in one worker
+#: each hold one and wait for a second until the pool's 30 s timeout (measured: 100 creates at once
+#: on one worker, median 63 s, 35 unanswered). 5 + 80 connections cover 40 requests of two each.
+SERVER_ENV_DEFAULTS: dict[str, str] = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "80",
+}
 #: Seconds the reachability probe of an HTTP store waits (connect + response), one try.
 PROBE_TIMEOUT_S = 3.0
 #: Seconds between two samples of a training run's system metrics (MLflow's default is 10).
@@ -221,14 +229,6 @@ def _is_input_error(err: BaseException) -> bool:
     return getattr(err, "error_code", None) in _INPUT_ERROR_CODES
 
 
-def _maybe_delivered(err: BaseException) -> bool:
-    """True when an HTTP request may have reached the server although no answer came: its answer timed
-    out, or the connection dropped after sending. (A refused or timed-out connection, or a 5xx
-    answer, means the server did not carry it out.)"""
-    text = str(err).lower()
-    return "read timed out" in text or "remotedisconnected" in text or "connection aborted" in text
-
-
 def _retry(fn: Callable[..., Any], *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
     """Call ``fn``, retrying sqlite lock errors with jittered exponential backoff (0.1 s .. 4 s)."""
     delay = 0.1
@@ -318,7 +318,7 @@ def wait_for_server(url: str, proc: Any, limit_s: float) -> None:
     raise TimeoutError(f"tracking server at {url} not healthy after {limit_s:.0f} s")
 
 
-def _probe_http(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+def _probe_http(uri: str, timeout: float = PROBE_TIMEOUT_S, context: Any = None) -> None:
     """Raise :class:`_StoreError` unless an HTTP server answers at ``uri`` within ``timeout`` s.
 
     Any HTTP answer (even 401/404) counts as reachable; only connection failures and timeouts do not.
@@ -328,7 +328,7 @@ def _probe_http(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 
     url = uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout):
+        with urllib.request.urlopen(url, timeout=timeout, context=context):
             pass
     except urllib.error.HTTPError:
         return
@@ -337,26 +337,61 @@ def _probe_http(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         raise _StoreError(f"{url}: {reason} (probe timeout {timeout:g} s)") from err
 
 
+class _HttpError(RuntimeError):
+    """A request to an MLflow server that failed, in one line. ``error_code`` is the server's (as on
+    MLflow's exceptions) when it refused the request; ``retry`` when trying again may work (no answer,
+    or a 429/5xx answer); ``maybe_delivered`` when the server may have carried it out although no answer
+    came (the answer timed out, or the connection dropped after the request was sent)."""
+
+    def __init__(self, message: str, error_code: str | None = None, retry: bool = True,
+                 maybe_delivered: bool = False) -> None:  # fmt: skip
+        super().__init__(message)
+        self.error_code, self.retry, self.maybe_delivered = error_code, retry, maybe_delivered
+
+
+def _http_settings() -> tuple[int, float, float, float]:
+    """(retries, backoff factor, backoff jitter, timeout in s) of HTTP requests, from the environment
+    variables MLflow's own client reads (defaults :data:`HTTP_ENV_DEFAULTS`)."""
+    value = {key: os.environ.get(key) or default for key, default in HTTP_ENV_DEFAULTS.items()}
+    return (
+        int(value["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]),
+        float(value["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]),
+        float(value["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"]),
+        float(value["MLFLOW_HTTP_REQUEST_TIMEOUT"]),
+    )
+
+
+def _json_float(value: float) -> float | str:
+    """A metric value for JSON: non-finite ones as the protobuf JSON mapping spells them."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
 class _Store:
     """An MLflow client bound to one store and one experiment (created if missing)."""
 
     def __init__(self, uri: str, experiment: str) -> None:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # stdout may be a stage output
         _set_env_defaults(MLFLOW_ENV_DEFAULTS)
-        if _is_http(uri):
-            _set_env_defaults(HTTP_ENV_DEFAULTS)
-            _probe_http(uri)
-        from mlflow import MlflowClient
-
         self.uri = uri
         self.experiment = experiment
+        known = os.environ.get(ENV_EXPERIMENT_ID)
+        if known and uri == os.environ.get(ENV_URI) and experiment == os.environ.get(ENV_EXPERIMENT):
+            self.experiment_id = known
+            return
         with _init_lock(uri), _quiet_loggers():
-            self.client = MlflowClient(tracking_uri=uri)
-            known = os.environ.get(ENV_EXPERIMENT_ID)
-            if known and uri == os.environ.get(ENV_URI) and experiment == os.environ.get(ENV_EXPERIMENT):
-                self.experiment_id = known
-            else:
-                self.experiment_id = _retry(self._get_or_create_experiment)
+            self.experiment_id = _retry(self._get_or_create_experiment)
+
+    @functools.cached_property
+    def client(self) -> Any:
+        """MLflow's client for this store, made (and ``mlflow`` imported) on first use."""
+        from mlflow import MlflowClient
+
+        with _quiet_loggers():
+            return MlflowClient(tracking_uri=self.uri)
 
     def _get_or_create_experiment(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
@@ -378,56 +413,160 @@ class _Store:
         with _quiet_loggers():
             return _retry(getattr(self.client, method), *args, **kwargs)
 
-    def create_run(self, start_ms: int, tags: Mapping[str, str], name: str) -> Any:
-        """Create a run, at most once, from ``tags`` that hold its :data:`TAG_TOKEN`; return it.
+    def create_run(self, start_ms: int, tags: Mapping[str, str], name: str) -> str:
+        """Create a run with ``tags``; return its id."""
+        run = self.call("create_run", self.experiment_id, start_time=start_ms, tags=tags, run_name=name)
+        return run.info.run_id
 
-        On an HTTP server, MLflow's own retries would resend the create request after a timeout, and
-        a server that did carry out the first request then holds the run twice. Here each try is one
-        request (MLflow's retries off), given :data:`HTTP_CREATE_TIMEOUT_FACTOR` times the usual
-        timeout. A request the server may have received (its answer timed out or the connection
-        dropped) is never resent: the run is looked up by its token, and if it is not there the
-        error is raised (the caller falls back; should the server create the run later, it stays
-        RUNNING there, the fallback store holding the whole run under the same token). A request the
-        server never took or refused (connection refused, 5xx) is tried again, after 1 s, 2 s, 4 s
-        (jittered; :data:`HTTP_CREATE_ATTEMPTS` in all).
-        """
-        create = functools.partial(
-            self.call, "create_run", self.experiment_id, start_time=start_ms, tags=tags, run_name=name
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: list[tuple[str, float, int, int]] = (),
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Log (key, value, timestamp ms, step) ``metrics``, ``params`` and ``tags`` in one request."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        self.call(
+            "log_batch",
+            run_id,
+            metrics=[Metric(*row) for row in metrics],
+            params=[Param(k, v) for k, v in (params or {}).items()],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()],
         )
-        if not _is_http(self.uri):
-            return create()
-        timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 120)  # MLflow's default
-        delay = 1.0
-        for attempt in range(HTTP_CREATE_ATTEMPTS):
-            try:
-                with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
-                          MLFLOW_HTTP_REQUEST_TIMEOUT=f"{timeout * HTTP_CREATE_TIMEOUT_FACTOR:g}"):
-                    return create()
-            except Exception as err:  # noqa: BLE001 - classified below
-                if _is_input_error(err):
-                    raise
-                if _maybe_delivered(err):
-                    found = self._run_with_token(tags[TAG_TOKEN])
-                    if found is None:
-                        raise
-                    return found
-                if attempt == HTTP_CREATE_ATTEMPTS - 1:
-                    raise
-                _log.debug("retrying create_run after %s", _one_line(err))
-                time.sleep(delay * (1.0 + 0.5 * random.random()))
-                delay *= 2.0
-        raise AssertionError("unreachable")
 
-    def _run_with_token(self, token: str) -> Any:
-        """The run tagged ``token``, or None (also when the lookup itself fails)."""
+    def set_terminated(self, run_id: str, status: str, end_ms: int) -> None:
+        self.call("set_terminated", run_id, status=status, end_time=end_ms)
+
+
+class _HttpStore(_Store):
+    """An MLflow tracking server. What every job does (create its run, log params, metrics and tags, end
+    it) goes over MLflow's REST API with the standard library: a job that logs no artifact never
+    imports ``mlflow`` (~2 CPU-seconds, ten times the rest of a job's start). Artifacts, searches and
+    experiment lookups go through MLflow's client (:attr:`client`, made on first use).
+
+    Requests follow MLflow's HTTP settings (:data:`HTTP_ENV_DEFAULTS`: retries with jittered
+    exponential backoff on no answer or a 429/5xx one, the timeout), its ``MLFLOW_TRACKING_TOKEN`` /
+    ``MLFLOW_TRACKING_USERNAME`` + ``MLFLOW_TRACKING_PASSWORD`` authentication and its
+    ``MLFLOW_TRACKING_INSECURE_TLS`` / ``MLFLOW_TRACKING_SERVER_CERT_PATH`` TLS settings.
+    """
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        _set_env_defaults(HTTP_ENV_DEFAULTS)
+        self._headers = {"Content-Type": "application/json"}
+        if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            self._headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+        elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            import base64
+
+            pair = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}"
+            self._headers["Authorization"] = f"Basic {base64.b64encode(pair.encode()).decode()}"
+        self._tls = None
+        if uri.startswith("https://"):
+            import ssl
+
+            if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+                self._tls = ssl._create_unverified_context()  # noqa: S323 - the user asked for it
+            else:
+                self._tls = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
+        _probe_http(uri, context=self._tls)
+        super().__init__(uri, experiment)
+
+    def create_run(self, start_ms: int, tags: Mapping[str, str], name: str) -> str:
+        """Create a run, at most once, from ``tags`` that hold its :data:`TAG_TOKEN`; return its id.
+
+        Each try is one request, given :data:`HTTP_CREATE_TIMEOUT_FACTOR` times the usual timeout
+        (resending after a timeout would hold the run twice when the server did carry out the first
+        request). A request the server may have received (its answer timed out or the connection
+        dropped) is never resent: the run is looked up by its token, and if it is not there the error
+        is raised (the caller falls back; should the server create the run later, it stays RUNNING
+        there, the fallback store holding the whole run under the same token). A request the server
+        never took or refused with 429/5xx is tried again, after 1 s, 2 s, 4 s (with the default
+        backoff; :data:`HTTP_CREATE_ATTEMPTS` in all).
+        """
+        body = {"experiment_id": self.experiment_id, "start_time": start_ms, "run_name": name,
+                "user_id": tags.get("mlflow.user", ""), "tags": [{"key": k, "value": v} for k, v in tags.items()]}  # fmt: skip
+        timeout = _http_settings()[3] * HTTP_CREATE_TIMEOUT_FACTOR
         try:
-            runs = self.call(
-                "search_runs", [self.experiment_id], filter_string=f"tags.`{TAG_TOKEN}` = '{token}'"
-            )
-        except Exception as err:  # noqa: BLE001
+            answer = self._post("runs/create", body, attempts=HTTP_CREATE_ATTEMPTS, timeout=timeout, resend=False)
+        except _HttpError as err:
+            found = self._run_with_token(tags[TAG_TOKEN]) if err.maybe_delivered else None
+            if found is None:
+                raise
+            return found
+        return answer["run"]["info"]["run_id"]
+
+    def _run_with_token(self, token: str) -> str | None:
+        """The id of the run tagged ``token``, or None (also when the lookup itself fails)."""
+        body = {"experiment_ids": [self.experiment_id], "filter": f"tags.`{TAG_TOKEN}` = '{token}'", "max_results": 1}
+        try:
+            runs = self._post("runs/search", body).get("runs", [])
+        except _HttpError as err:
             _log.debug("looking up run token %s failed: %s", token, _one_line(err))
             return None
-        return runs[0] if runs else None
+        return runs[0]["info"]["run_id"] if runs else None
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: list[tuple[str, float, int, int]] = (),
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        self._post("runs/log-batch", {
+            "run_id": run_id,
+            "metrics": [{"key": k, "value": _json_float(v), "timestamp": ts, "step": step} for k, v, ts, step in metrics],
+            "params": [{"key": k, "value": v} for k, v in (params or {}).items()],
+            "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
+        })  # fmt: skip
+
+    def set_terminated(self, run_id: str, status: str, end_ms: int) -> None:
+        self._post("runs/update", {"run_id": run_id, "status": status, "end_time": end_ms})
+
+    def _post(self, endpoint: str, body: Mapping[str, Any], attempts: int | None = None,
+              timeout: float | None = None, resend: bool = True) -> dict:  # fmt: skip
+        """POST ``body`` to ``/api/2.0/mlflow/<endpoint>``; return the answer. Tried ``attempts`` times
+        (default: MLflow's retries + 1) while the failure allows it, a request that may have been
+        carried out only when ``resend``; raises the last :class:`_HttpError`."""
+        retries, factor, jitter, default_timeout = _http_settings()
+        attempts = attempts or retries + 1
+        data = json.dumps(body).encode()
+        for attempt in range(attempts):
+            try:
+                return self._post_once(endpoint, data, timeout or default_timeout)
+            except _HttpError as err:
+                if not err.retry or (err.maybe_delivered and not resend) or attempt == attempts - 1:
+                    raise
+                _log.debug("retrying %s after %s", endpoint, _one_line(err))
+                time.sleep(factor * 2.0**attempt * (1.0 + jitter * random.random()))
+        raise AssertionError("unreachable")
+
+    def _post_once(self, endpoint: str, data: bytes, timeout: float) -> dict:
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        url = f"{self.uri.rstrip('/')}/api/2.0/mlflow/{endpoint}"
+        request = urllib.request.Request(url, data=data, headers=self._headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=self._tls) as response:
+                text = response.read()
+        except urllib.error.HTTPError as err:  # an answer with an error status
+            try:
+                answer = json.loads(err.read() or b"{}")
+            except (ValueError, OSError):
+                answer = None
+            answer = answer if isinstance(answer, dict) else {}
+            retry = err.code == 429 or err.code >= 500
+            raise _HttpError(f"{url}: HTTP {err.code} {answer.get('message', err.reason)}",
+                             answer.get("error_code"), retry=retry) from err  # fmt: skip
+        except urllib.error.URLError as err:  # not connected, or the request not sent: not carried out
+            raise _HttpError(f"{url}: {err.reason}") from err
+        except (OSError, http.client.HTTPException) as err:  # sent, but the answer did not come
+            raise _HttpError(f"{url}: no answer ({type(err).__name__}: {err}; timeout {timeout:g} s)",
+                             maybe_delivered=True) from err  # fmt: skip
+        return json.loads(text or b"{}")
 
 
 def _open_store(uri: str, experiment: str) -> _Store:
@@ -436,7 +575,7 @@ def _open_store(uri: str, experiment: str) -> _Store:
         if uri in _FAILED_STORES:
             raise _StoreError(_FAILED_STORES[uri])
         try:
-            _OPEN_STORES[key] = _Store(uri, experiment)
+            _OPEN_STORES[key] = (_HttpStore if _is_http(uri) else _Store)(uri, experiment)
         except Exception as err:
             _FAILED_STORES[uri] = _one_line(err)
             raise _StoreError(_FAILED_STORES[uri]) from err
@@ -562,8 +701,8 @@ class TrackedRun:
             uri = self._uris[0]
             try:
                 store = _open_store(uri, self._experiment)
-                run = store.create_run(self._start_ms, self._tags, self.name)
-                self._store, self.run_id, self.uri = store, run.info.run_id, uri
+                run_id = store.create_run(self._start_ms, self._tags, self.name)
+                self._store, self.run_id, self.uri = store, run_id, uri
                 self.experiment_id = store.experiment_id
                 self._replay()
                 return failures
@@ -627,9 +766,7 @@ class TrackedRun:
         try:
             while self._store is not None:
                 try:
-                    self._store.call(
-                        "set_terminated", self.run_id, status=status, end_time=_now_ms()
-                    )
+                    self._store.set_terminated(self.run_id, status, _now_ms())
                     break
                 except Exception as err:  # noqa: BLE001
                     self._fail_over(err)
@@ -649,35 +786,15 @@ class TrackedRun:
     # -- senders (raise on failure) --------------------------------------------------------------
 
     def _send(self, kind: str, payload: Any) -> None:
-        if kind == "params":
-            self._send_params(payload)
+        if kind in ("params", "tags"):
+            items = list(payload.items())
+            for i in range(0, len(items), _BATCH_PARAMS):
+                self._store.log_batch(self.run_id, **{kind: dict(items[i : i + _BATCH_PARAMS])})
         elif kind == "metrics":
-            self._send_metrics(payload)
-        elif kind == "tags":
-            self._send_tags(payload)
+            for i in range(0, len(payload), _BATCH_METRICS):
+                self._store.log_batch(self.run_id, metrics=payload[i : i + _BATCH_METRICS])
         elif Path(payload[0]).exists():  # an artifact; a file gone before a replay is skipped
             self._send_artifact(*payload)
-
-    def _send_params(self, params: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), _BATCH_PARAMS):
-            self._store.call("log_batch", self.run_id, params=items[i : i + _BATCH_PARAMS])
-
-    def _send_metrics(self, metrics: list[tuple[str, float, int, int]]) -> None:
-        from mlflow.entities import Metric
-
-        items = [Metric(k, v, ts, step) for k, v, ts, step in metrics]
-        for i in range(0, len(items), _BATCH_METRICS):
-            self._store.call("log_batch", self.run_id, metrics=items[i : i + _BATCH_METRICS])
-
-    def _send_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, v) for k, v in tags.items()]
-        for i in range(0, len(items), _BATCH_PARAMS):
-            self._store.call("log_batch", self.run_id, tags=items[i : i + _BATCH_PARAMS])
 
     def _send_artifact(self, path: str, artifact_path: str | None) -> None:
         method = "log_artifacts" if Path(path).is_dir() else "log_artifact"
@@ -1005,6 +1122,17 @@ def close_killed_pipeline_runs(uri: str, current: str, experiment: str | None = 
 # `comedian tracking-server`
 
 
+def use_wal(path: Path) -> None:
+    """Put the sqlite database ``path`` (made if missing) in write-ahead-log mode, which the file keeps:
+    readers then never block the writer nor it them, and a commit costs one sequential write. The
+    server's worker processes (each with its own connections) otherwise wait on one another's locks
+    (MLflow sets a 20 s busy timeout). WAL needs a local disk, as the server's store is."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+
+
 def server_command(store: Path, host: str, port: int, workers: int) -> list[str]:
     """The ``mlflow server`` command line: sqlite in ``store`` (local disk), artifacts served by the
     server from ``store/mlartifacts``, so that jobs need nothing but HTTP."""
@@ -1034,6 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="server worker processes (default 4)")
     args = parser.parse_args(argv)
     args.store.mkdir(parents=True, exist_ok=True)
+    use_wal(args.store / "mlflow.db")
     name = socket.getfqdn() if args.host in {"0.0.0.0", "::"} else args.host
     print(f"comedian tracking-server: store {args.store.resolve()}", flush=True)
     print(f"tracking.uri: http://{name}:{args.port}", flush=True)

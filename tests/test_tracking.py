@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -320,40 +321,103 @@ def test_unreachable_server_falls_back_with_one_warning(workdir, caplog):
     assert _artifacts(fallback, run.run_id) == {"n.json"}
 
 
-@pytest.mark.parametrize("failure", ["landed", "lost", "refused"])
-def test_http_run_is_created_at_most_once(workdir, monkeypatch, failure):
-    """A create request whose answer timed out is never resent (MLflow's retries would hold the run twice when
-    the server did carry it out): the run is looked up by its token, adopted if there, else the store fails
-    (the job falls back). A request the server never took (connection refused) is tried again."""
-    store = tracking._Store(f"sqlite:///{workdir / 'once.db'}", "comedian")
-    real_create, calls = store.client.create_run, []
-    error = {"refused": ConnectionRefusedError("[Errno 111] Connection refused")}.get(
-        failure, TimeoutError("HTTPConnectionPool(host='x', port=5000): Read timed out. (read timeout=30)"))
-
-    def flaky_create(*args, **kwargs):
-        calls.append((os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES"), os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")))
-        if len(calls) == 1:
-            if failure == "landed":
-                real_create(*args, **kwargs)
-            raise error
-        return real_create(*args, **kwargs)
-
-    monkeypatch.setattr(store.client, "create_run", flaky_create)
-    monkeypatch.setattr(store, "uri", "http://tracking.example:5000")  # the HTTP path of create_run
+def _http_store(monkeypatch, answer):
+    """An HTTP store of experiment "1" whose requests go to ``answer(endpoint, body, timeout)`` instead of a
+    server (no probe: the store is built as a job of the pipeline builds it)."""
+    uri = "http://tracking.example:5000"
+    for key, value in {tracking.ENV_URI: uri, tracking.ENV_EXPERIMENT: "comedian", tracking.ENV_EXPERIMENT_ID: "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(tracking, "_probe_http", lambda uri, context=None: None)
+    monkeypatch.setattr(tracking._HttpStore, "_post_once",
+                        lambda self, endpoint, data, timeout: answer(endpoint, json.loads(data), timeout))
     monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    token = f"token-{failure}-{time.time_ns()}"
-    tags = {"comedian.stage": "extract", tracking.TAG_TOKEN: token}
+    return tracking._HttpStore(uri, "comedian")
+
+
+@pytest.mark.parametrize("failure", ["landed", "lost", "refused"])
+def test_http_run_is_created_at_most_once(workdir, monkeypatch, failure):
+    """A create request whose answer timed out is never resent (the server that did carry it out would then
+    hold the run twice): the run is looked up by its token, adopted if there, else the store fails (the job
+    falls back). A request the server never took (connection refused) is tried again."""
+    runs, creates = {}, []
+
+    def server(endpoint, body, timeout):
+        if endpoint == "runs/search":
+            token = re.search(r"= '(.*)'", body["filter"]).group(1)
+            return {"runs": [{"info": {"run_id": i}} for i, t in runs.items() if t == token][:1]}
+        assert endpoint == "runs/create" and body["experiment_id"] == "1"
+        creates.append(timeout)
+        token = {t["key"]: t["value"] for t in body["tags"]}[tracking.TAG_TOKEN]
+        if len(creates) == 1 and failure == "refused":
+            raise tracking._HttpError("connection refused")
+        if len(creates) == 1 and failure == "landed":
+            runs[f"run{len(runs)}"] = token
+        if len(creates) == 1:
+            raise tracking._HttpError("no answer (TimeoutError: timed out)", maybe_delivered=True)
+        runs[f"run{len(runs)}"] = token
+        return {"run": {"info": {"run_id": f"run{len(runs) - 1}"}}}
+
+    store = _http_store(monkeypatch, server)
+    tags = {"comedian.stage": "extract", tracking.TAG_TOKEN: f"token-{failure}"}
     if failure == "lost":
-        with pytest.raises(TimeoutError):
+        with pytest.raises(tracking._HttpError, match="no answer"):
             store.create_run(tracking._now_ms(), tags, "extract")
-        made = []
     else:
-        made = [store.create_run(tracking._now_ms(), tags, "extract").info.run_id]
-    found = _runs(f"sqlite:///{workdir / 'once.db'}", f"tags.`{tracking.TAG_TOKEN}` = '{token}'")
-    assert [r.info.run_id for r in found] == made
-    tries = 2 if failure == "refused" else 1
-    assert calls == [("0", "30")] * tries  # one request per try (MLflow's retries off), 3 x the timeout
+        assert store.create_run(tracking._now_ms(), tags, "extract") == "run0"
+    assert list(runs) == ([] if failure == "lost" else ["run0"])
+    assert creates == [30.0] * (2 if failure == "refused" else 1)  # one request per try, 3 x the timeout
+
+
+def test_http_failures_are_told_apart(workdir, monkeypatch):
+    """What a failed request to a server says: not connected (never carried out: try again), sent but not
+    answered (maybe carried out: the create is not resent), refused with MLflow's error code (an input
+    error: neither tried again nor failed over), or a 5xx answer (try again)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status, code = (400, "INVALID_PARAMETER_VALUE") if "log-batch" in self.path else (503, "TEMPORARILY_UNAVAILABLE")
+            body = json.dumps({"error_code": code, "message": "said no"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setattr(tracking, "_probe_http", lambda uri, context=None: None)
+    for key, value in {tracking.ENV_EXPERIMENT: "comedian", tracking.ENV_EXPERIMENT_ID: "1"}.items():
+        monkeypatch.setenv(key, value)
+
+    def store(uri):
+        monkeypatch.setenv(tracking.ENV_URI, uri)
+        return tracking._HttpStore(uri, "comedian")
+
+    with pytest.raises(tracking._HttpError) as refused:
+        store(f"http://127.0.0.1:{_free_port()}")._post_once("runs/create", b"{}", timeout=2)
+    assert refused.value.retry and not refused.value.maybe_delivered
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        with pytest.raises(tracking._HttpError) as unanswered:
+            store(f"http://127.0.0.1:{silent.getsockname()[1]}")._post_once("runs/create", b"{}", timeout=0.3)
+    assert unanswered.value.retry and unanswered.value.maybe_delivered
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        answering = store(f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(tracking._HttpError) as bad:
+            answering._post_once("runs/log-batch", b"{}", timeout=2)
+        assert tracking._is_input_error(bad.value) and not bad.value.retry and "said no" in str(bad.value)
+        with pytest.raises(tracking._HttpError) as busy:
+            answering._post_once("runs/update", b"{}", timeout=2)
+        assert busy.value.retry and not busy.value.maybe_delivered and not tracking._is_input_error(busy.value)
+    finally:
+        server.shutdown()
 
 
 def test_a_job_of_the_pipeline_does_not_look_its_experiment_up(workdir, monkeypatch):
@@ -539,6 +603,54 @@ def test_real_server_parent_child_and_failover(workdir, caplog, tmp_path):
         assert len(warnings) == 1 and url in warnings[0] and fallback in warnings[0]
     finally:
         _stop_server(proc)
+
+
+@pytest.mark.slow
+def test_one_server_worker_answers_100_creates_at_once(tmp_path, monkeypatch):
+    """`comedian tracking-server` with one worker answers 100 run creations sent at once, each run made once:
+    a worker's database pool holds the two connections each of its 40 concurrent requests may take (with
+    SQLAlchemy's default 5 + 10, creates waited 30 s for a connection and timed out). Its sqlite is in WAL
+    mode."""
+    import threading
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_SQLALCHEMYSTORE")}
+    proc = subprocess.Popen([sys.executable, "-m", "comedian", "tracking-server", "--store", str(tmp_path / "store"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            env={**env, "PYTHONPATH": str(REPO)}, stdout=log, stderr=log, start_new_session=True)
+    try:
+        tracking.wait_for_server(url, proc, limit_s=180)
+        experiment_id = _client(url).create_experiment("burst")
+        for key, value in {tracking.ENV_URI: url, tracking.ENV_EXPERIMENT: "burst",
+                           tracking.ENV_EXPERIMENT_ID: experiment_id}.items():  # fmt: skip
+            monkeypatch.setenv(key, value)
+        store = tracking._HttpStore(url, "burst")
+        barrier, made, errors = threading.Barrier(100), [], []
+
+        def create(i):
+            barrier.wait()
+            try:
+                made.append(store.create_run(tracking._now_ms(), {tracking.TAG_TOKEN: f"burst-{i}"}, "burst"))
+            except tracking._HttpError as err:
+                errors.append(str(err))
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(100)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and len(set(made)) == 100
+        runs = _runs(url, experiment="burst")
+        assert sorted(r.data.tags[tracking.TAG_TOKEN] for r in runs) == sorted(f"burst-{i}" for i in range(100))
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(tmp_path / "store" / "mlflow.db")) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        _stop_server(proc)
+        log.close()
 
 
 def test_killed_invocation_is_closed_by_the_next(workdir):
