@@ -1,19 +1,24 @@
 """Benchmark: a job's tracking start against `comedian tracking-server`, alone and with N jobs at once.
 
 Starts `comedian tracking-server` on a free local port, then runs the jobs of a cluster in miniature: each
-job is a fresh process that imports what a stage imports, waits for the common start signal and times
-``tracking.stage_run(...)``'s entry (the probe, the experiment lookup and the run's creation), logs one
-metric and ends its run. First ``--single`` jobs one after another (a job's own start cost, the figure a
-cluster job pays when the server is not saturated), then ``--jobs`` jobs at once. On a cluster the jobs
-run on their own nodes; here they share this machine's cores with the server, so the concurrent figure
-also measures CPU contention: ``load_avg`` and ``cores`` are printed beside it.
+job is a fresh process that has imported an extraction's module (as ``python -m comedian extract`` has
+before the stage starts), waits for the common start signal and times what a stage does when it starts
+tracking: importing ``comedian.tracking`` and entering ``stage_run(...)`` with an extraction's params
+(probe, run creation with its tags, params), wall and CPU; then it logs one metric and ends its run.
+First ``--single`` jobs one after another (a job's own start, the figure a cluster job pays when the server is not saturated), then
+``--jobs`` jobs at once. On a cluster the jobs run on their own nodes; here they share this machine's
+cores with the server (and whatever else runs: ``load_avg``), so the concurrent figure also measures CPU
+contention. ``server_cpu_s_per_request`` (each kind of request a job sends, 20 one after another) gives
+``start_s_max_floor_here``: the server's CPU for N starts shared by the cores, which no client can beat;
+the jobs' own CPU (``client_cpu_s_per_start_median``) comes on top here, not on a cluster.
 
 It also checks what the concurrent jobs leave: every job that logged over HTTP has its run on the
 server once, complete (``runs_lost``, ``runs_doubled``); a job whose requests timed out went on in its own
 offline file (``fell_back``), never a shared one (``fallback_files_shared``), and no job opened
-any other sqlite file (``other_sqlite_files``). Prints one JSON object.
+any other sqlite file (``other_sqlite_files``); ``starts_importing_mlflow`` counts the starts that imported
+mlflow (~2 CPU-s each). Prints one JSON object.
 
-Usage: ``python bench/bench_tracking.py [--jobs 50] [--single 5] [--workers 4] [--json]``.
+Usage: ``python bench/bench_tracking.py [--jobs 50] [--single 5] [--workers 4] [--server-log F] [--json]``.
 """
 
 from __future__ import annotations
@@ -43,14 +48,14 @@ REPO = Path(__file__).resolve().parents[1]
 #: The params a job logs at its start (those of an extraction job).
 JOB_PARAMS = {"video": "data/SoccerNet/game/1_720p.mkv", "fps": 2.0, "quality": 2}
 
-#: One job, as `python -m comedian extract` runs: the package is imported when the interpreter starts; a
+#: One job, as `python -m comedian extract` runs: the stage's module is imported when the interpreter starts; a
 #: stage imports ``comedian.tracking`` when it starts tracking, so that import is timed with the start. Prints
 #: "<uri> <run id> <run token> <seconds to enter the run> <CPU seconds of that> <1 if mlflow got imported>".
 JOB = textwrap.dedent(
     f"""
     import sys, time
     from pathlib import Path
-    import comedian
+    import comedian.data.frames
     Path(f"ready-{{sys.argv[1]}}").touch()
     while not Path("go").exists():
         time.sleep(0.01)

@@ -22,7 +22,9 @@ replaying what the run had logged so far; if the fallback fails too, that same l
 off. HTTP stores are probed (``/health``, :data:`PROBE_TIMEOUT_S` at most) before use, and MLflow's
 own HTTP retries are bounded (:data:`HTTP_ENV_DEFAULTS`). Concurrent jobs on one sqlite file are
 safe: database creation is serialised by a lock file and "database is locked" errors are retried.
-``mlflow`` is imported only when a run starts (``import mlflow`` costs ~2 s).
+``mlflow`` (~2 CPU-seconds to import) is imported only when a run starts in a sqlite store; with an
+HTTP store a job speaks MLflow's REST API itself (:class:`_HttpStore`) and imports ``mlflow`` only to
+log an artifact or system metrics.
 """
 
 from __future__ import annotations
