@@ -1126,9 +1126,10 @@ def close_killed_pipeline_runs(uri: str, current: str, experiment: str | None = 
 
 def use_wal(path: Path) -> None:
     """Put the sqlite database ``path`` (made if missing) in write-ahead-log mode, which the file keeps:
-    readers then never block the writer nor it them, and a commit costs one sequential write. The
-    server's worker processes (each with its own connections) otherwise wait on one another's locks
-    (MLflow sets a 20 s busy timeout). WAL needs a local disk, as the server's store is."""
+    a long read of one server worker (the UI's or a pipeline's run search) then never blocks the job
+    writes of the others, nor they it (MLflow's busy timeout is 20 s). For short requests alone it
+    makes no measurable difference (100 creates at once on 4 workers: medians 1.1-2.7 s with or without,
+    the spread of a shared machine). WAL needs a local disk, as the server's store is."""
     import sqlite3
 
     with contextlib.closing(sqlite3.connect(path)) as db:
