@@ -488,7 +488,7 @@ class _HttpStore(_Store):
         backoff; :data:`HTTP_CREATE_ATTEMPTS` in all).
         """
         body = {"experiment_id": self.experiment_id, "start_time": start_ms, "run_name": name,
-                "user_id": tags.get("mlflow.user", ""), "tags": [{"key": k, "value": v} for k, v in tags.items()]}  # fmt: skip
+                "user_id": tags.get("mlflow.user", "unknown"), "tags": [{"key": k, "value": v} for k, v in tags.items()]}  # fmt: skip
         timeout = _http_settings()[3] * HTTP_CREATE_TIMEOUT_FACTOR
         try:
             answer = self._post("runs/create", body, attempts=HTTP_CREATE_ATTEMPTS, timeout=timeout, resend=False)
