@@ -260,7 +260,7 @@ def test_every_job_went_through_sbatch_with_the_profile_resources(slurm_run, clu
 
 def test_sbatch_lines_carry_the_profile_resources(slurm_run):
     lines = slurm_run["sbatch"]
-    kinds = [re.search(r"--comment '?(rule_\w+?)(?:_wildcards_|'| )", line).group(1) for line in lines]
+    kinds = [re.search(r"--comment '?(rule_[\w.]+?)(?:_wildcards_|'| )", line).group(1) for line in lines]
     assert collections.Counter(kinds) == {k: len(v) for k, v in slurm_run["planned"].items()}
     shown = set()
     for kind, line in zip(kinds, lines):
