@@ -9,8 +9,8 @@ H.264 video extracted at 2 fps, MJPEG q:v 3):
 - ``loader_cpu_ms_per_clip``: CPU time per clip of one loader worker building a batch as a DataLoader
   worker does (``dataset.__getitems__(keys)``: HDF5 reads, JPEG decoding at the size augmentation needs
   straight into the batch's frame array, drawing the augmentation parameters; then the collate function,
-  :func:`comedian.data.clips.collate_samples`), one thread, in this process (so the frame array is ordinary
-  memory, not the shared memory of a worker: both are fresh pages, first touched by the decoding);
+  :func:`comedian.data.clips.collate_samples`; the batch then dropped, freeing its memory), one thread, in
+  this process (the frame array in shared memory all the same, as a worker's);
 - ``decode_floor_ms_per_clip``: CPU time of decoding the same frames' JPEGs alone (``torchvision.io.
   decode_jpeg``, bytes already in memory, native size, no resize);
 - ``ratio``: the two, measured interleaved batch by batch (goal <= 1.3);
@@ -26,14 +26,15 @@ H.264 video extracted at 2 fps, MJPEG q:v 3):
 The batches of the plain figures are random keys of epoch 0 (for step 1: each sub-video read on its own, an
 HDF5 read per sample). Step 1 is also measured with its run reader, side by side in the same run
 (``pretrain_spatial`` gets ``runs_loader_cpu_ms_per_clip``, ``runs_decode_floor_ms_per_clip``, ``runs_ratio``
-and ``subvideos_per_run``): the batches the training loop draws with ``subvideos_per_run``
+and ``subvideos_per_run``, and ``runs_fresh_memory_ms_per_clip``): the batches the training loop draws with
+``subvideos_per_run``
 (:class:`comedian.data.clips.EpochSampler` with runs, one HDF5 read per run of consecutive seconds), against
 the floor of the same sub-videos decoded one by one, as for the plain figures.
 
 The loader is set up as the training steps set it up for CUDA training (``--loader-for cuda``: the workers
 decode at the native size, the device resizes; ``cpu``: the workers also resize, see
 :func:`comedian.data.clips.decode_size`). With ``--decode device`` the workers only read JPEG bytes and the
-device part decodes them too (nvJPEG on CUDA). Usage: ``python bench/bench_loader.py [--json] [--clips 12] [--device cpu] [--decode worker]
+device part decodes them too (nvJPEG on CUDA). Usage: ``python bench/bench_loader.py [--json] [--clips 24] [--device cpu] [--decode worker]
 [--only pretrain_spatial] [--subvideos-per-run 16]``.
 """
 
