@@ -25,11 +25,10 @@ H.264 video extracted at 2 fps, MJPEG q:v 3):
 
 The batches of the plain figures are random keys of epoch 0 (for step 1: each sub-video read on its own, an
 HDF5 read per sample). Step 1 is also measured with its run reader, side by side in the same run
-(``pretrain_spatial`` gets ``runs_loader_cpu_ms_per_clip``, ``runs_decode_floor_ms_per_clip``, ``runs_ratio``
-and ``subvideos_per_run``, and ``runs_fresh_memory_ms_per_clip``): the batches the training loop draws with
-``subvideos_per_run``
-(:class:`comedian.data.clips.EpochSampler` with runs, one HDF5 read per run of consecutive seconds), against
-the floor of the same sub-videos decoded one by one, as for the plain figures.
+(``pretrain_spatial`` gets ``runs_loader_cpu_ms_per_clip``, ``runs_decode_floor_ms_per_clip``, ``runs_ratio``,
+``runs_fresh_memory_ms_per_clip`` and ``subvideos_per_run``): the batches the training loop draws with
+``subvideos_per_run`` (:class:`comedian.data.clips.EpochSampler` with runs, one HDF5 read per run of
+consecutive seconds), against the floor of the same sub-videos decoded one by one, as for the plain figures.
 
 The loader is set up as the training steps set it up for CUDA training (``--loader-for cuda``: the workers
 decode at the native size, the device resizes; ``cpu``: the workers also resize, see
