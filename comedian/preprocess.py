@@ -155,11 +155,19 @@ def decode_batch(jpeg: torch.Tensor, lengths: torch.Tensor, device: torch.device
 
 def batch_frames(batch: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """A batch's frames as uint8 (B, T, 3, H, W) on ``device``: ``batch["clip"]`` (decoded by the loader's
-    workers; moved as it is laid out, see :func:`augment`) or, when the workers sent JPEG bytes (``jpeg``, ``jpeg_lengths``), decoded on ``device`` by
-    :func:`decode_batch`."""
+    workers) or, when the workers sent JPEG bytes (``jpeg``, ``jpeg_lengths``), decoded on ``device`` by
+    :func:`decode_batch`.
+
+    The workers' frames are a channels-first view of one (B, T, H, W, 3) array
+    (:class:`comedian.data.clips.FrameStore`): that array is moved as one contiguous block and seen channels
+    first again on the device (:func:`augment` makes it contiguous there)."""
     if "jpeg" in batch:
         return decode_batch(batch["jpeg"], batch["jpeg_lengths"], device)
-    return batch["clip"].to(device, non_blocking=True)
+    frames = batch["clip"]
+    channels_last = frames.movedim(-3, -1)
+    if channels_last.is_contiguous():
+        return channels_last.to(device, non_blocking=True).movedim(-1, -3)
+    return frames.to(device, non_blocking=True)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -378,7 +378,7 @@ def test_a_window_batch_is_its_keys_samples(halves, decode):
     if decode == "worker":
         frames = batch["clip"]
         assert frames.shape == (4, 16, 3, 24, 32) and frames.is_shared()  # crops: at most 4 x 8 px per side
-        assert frames.movedim(-3, -1).is_contiguous()
+        assert frames.movedim(-3, -1).is_contiguous() and torch.equal(batch_frames(batch, torch.device("cpu")), frames)
         half, start = data.windows(0)[2]
         assert _level(frames[1]).tolist() == [min(start + j, halves[half].count - 1) for j in range(16)]
 

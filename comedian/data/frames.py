@@ -660,7 +660,8 @@ def _decode_torchvision(jpeg: bytes | memoryview | np.ndarray, size: tuple[int, 
 
     if _FORKED and torch.get_num_threads() != 1:
         torch.set_num_threads(1)  # torch's OpenMP pool does not survive fork (DataLoader does this too)
-    image = decode_jpeg(torch.from_numpy(_writable_uint8(jpeg)), mode=ImageReadMode.RGB)  # (3, H, W), (H, W, 3) in memory
+    # (3, H, W), held as (H, W, 3) in memory
+    image = decode_jpeg(torch.from_numpy(_writable_uint8(jpeg)), mode=ImageReadMode.RGB)
     if size is not None and tuple(image.shape[1:]) != tuple(size):
         image = resize(image, list(size), antialias=True)
     return image.permute(1, 2, 0)
