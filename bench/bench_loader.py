@@ -9,10 +9,10 @@ H.264 video extracted at 2 fps, MJPEG q:v 3):
 - ``loader_cpu_ms_per_clip``: CPU time per clip of one loader worker building a batch as a DataLoader
   worker does (``dataset.__getitems__(keys)``: HDF5 reads, JPEG decoding at the size augmentation needs
   straight into the batch's frame array, drawing the augmentation parameters; then the collate function,
-  :func:`comedian.data.clips.collate_samples`; the batch then dropped, freeing its memory), one thread, in
-  this process (the frame array in shared memory all the same, as a worker's);
+  :func:`comedian.data.clips.collate_samples`; the batch then dropped, freeing its memory), in one DataLoader
+  worker (one thread; the frame array in shared memory, as in training);
 - ``decode_floor_ms_per_clip``: CPU time of decoding the same frames' JPEGs alone (``torchvision.io.
-  decode_jpeg``, bytes already in memory, native size, no resize);
+  decode_jpeg``, bytes already in memory, native size, no resize), in the same worker;
 - ``ratio``: the two, measured interleaved batch by batch (goal <= 1.3);
 - ``fresh_memory_ms_per_clip`` (worker decoding): of the loader's figure, what writing the batch's frame array
   alone costs, per clip (:func:`comedian.data.clips.new_frames` filled once, freed): memory that no process
@@ -167,56 +167,79 @@ class Reader:
 
     dataset: Any
     key_batches: list[list[tuple[int, int]]]
-    loader: float = 0.0
-    floor: float = 0.0
-    fresh: float = 0.0
 
 
-def measure(readers: list[Reader], files: list[PackedFrames], device: torch.device) -> list[dict[str, Any]]:
-    """The figures of one step (module docstring) for each reader, interleaved batch by batch (reader after
-    reader), so that all see the same machine state: the decoding floor of the batch's samples one by one,
-    then the reader building the batch (and dropping it, which frees its memory), then the fresh memory of
-    its frames alone."""
-    for r in readers:
-        collate_samples(r.dataset.__getitems__(r.key_batches[0][:1]))  # warm-up: imports, file handles
+class WorkerJobs(torch.utils.data.Dataset):
+    """The measurements of :func:`measure`, one item per (batch, reader), made in a DataLoader worker: the
+    decoding floor of the batch's samples one by one, then the reader building the batch (and dropping it,
+    which frees its memory), then the fresh memory of its frames alone; CPU seconds each. The first batch of
+    each reader comes back too (for the device part)."""
 
-    def floor_of(dataset: Any, key: tuple[int, int]) -> float:
+    def __init__(self, readers: list[Reader], files: list[PackedFrames]) -> None:
+        self.readers, self.files = readers, files
+        self.jobs = [(b, r) for b in range(max(len(x.key_batches) for x in readers))
+                     for r, x in enumerate(readers) if b < len(x.key_batches)]
+        self.warm: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def floor_of(self, dataset: Any, key: tuple[int, int]) -> float:
         h, start, count = sample_frames(dataset, key[1])
-        jpegs = [torch.from_numpy(j.copy()) for j in files[h].read_jpegs(start, count)]
+        jpegs = [torch.from_numpy(j.copy()) for j in self.files[h].read_jpegs(start, count)]
         t0 = time.process_time()
         decode_floor(jpegs)
         return time.process_time() - t0
 
-    firsts = []
-    for b in range(max(len(r.key_batches) for r in readers)):
-        for r in readers:
-            if b >= len(r.key_batches):
-                continue
-            keys = r.key_batches[b]
-            r.floor += sum(floor_of(r.dataset, key) for key in keys)
+    def __getitem__(self, job: int) -> dict[str, Any]:
+        b, r = self.jobs[job]
+        reader = self.readers[r]
+        keys = reader.key_batches[b]
+        if r not in self.warm:  # imports, file handles
+            collate_samples(reader.dataset.__getitems__(keys[:1]))
+            self.warm.add(r)
+        floor = sum(self.floor_of(reader.dataset, key) for key in keys)
+        t0 = time.process_time()
+        batch = collate_samples(reader.dataset.__getitems__(keys))
+        first = batch if b == 0 else None
+        shape = batch["clip"].movedim(-3, -1).shape if "clip" in batch else None
+        del batch
+        loader = time.process_time() - t0
+        fresh = 0.0
+        if shape is not None:
             t0 = time.process_time()
-            batch = collate_samples(r.dataset.__getitems__(keys))
-            if b == 0:
-                firsts.append(batch)
-            shape = batch["clip"].movedim(-3, -1).shape if "clip" in batch else None
-            del batch
-            r.loader += time.process_time() - t0
-            if shape is not None:
-                t0 = time.process_time()
-                new_frames(shape).fill_(0)
-                r.fresh += time.process_time() - t0
+            new_frames(shape).fill_(0)
+            fresh = time.process_time() - t0
+        return {"reader": r, "clips": len(keys), "floor": floor, "loader": loader, "fresh": fresh, "batch": first}
+
+
+def as_is(item: Any) -> Any:
+    return item
+
+
+def measure(readers: list[Reader], files: list[PackedFrames], device: torch.device) -> list[dict[str, Any]]:
+    """The figures of one step (module docstring) for each reader, measured in ONE DataLoader worker (one
+    thread, as a training loader's worker; its frame arrays in shared memory), interleaved batch by batch
+    (reader after reader) so that all see the same machine state (:class:`WorkerJobs`)."""
+    jobs = torch.utils.data.DataLoader(WorkerJobs(readers, files), batch_size=None, num_workers=1, collate_fn=as_is)
+    totals = [{"clips": 0, "floor": 0.0, "loader": 0.0, "fresh": 0.0} for _ in readers]
+    firsts: list[Any] = [None] * len(readers)
+    for item in jobs:
+        for key in totals[item["reader"]]:
+            totals[item["reader"]][key] += item[key]
+        if item["batch"] is not None:
+            firsts[item["reader"]] = item["batch"]
     out = []
-    for r, batch in zip(readers, firsts):
-        clips = sum(len(keys) for keys in r.key_batches)
+    for t, batch, r in zip(totals, firsts, readers):
         device_part(batch, device)  # warm-up
         seconds = min(device_part(batch, device) for _ in range(3))
         out.append({
-            "loader_cpu_ms_per_clip": 1000 * r.loader / clips,
-            "decode_floor_ms_per_clip": 1000 * r.floor / clips,
-            "ratio": r.loader / r.floor,
+            "loader_cpu_ms_per_clip": 1000 * t["loader"] / t["clips"],
+            "decode_floor_ms_per_clip": 1000 * t["floor"] / t["clips"],
+            "ratio": t["loader"] / t["floor"],
             "device_augment_ms_per_clip": 1000 * seconds / len(r.key_batches[0]),
             "device": str(device),
-            **({"fresh_memory_ms_per_clip": 1000 * r.fresh / clips} if r.fresh else {}),
+            **({"fresh_memory_ms_per_clip": 1000 * t["fresh"] / t["clips"]} if t["fresh"] else {}),
         })
     return out
 

@@ -366,8 +366,7 @@ def _same_sample(a: dict, b: dict) -> bool:
 @pytest.mark.parametrize("decode", ["worker", "device"])
 def test_a_window_batch_is_its_keys_samples(halves, decode):
     """__getitems__ (what a DataLoader worker calls) builds the batch whose rows are dataset[key], key by key
-    (keys of two epochs and one repeated); its frames are one shared-memory (B, T, H, W, 3) array seen
-    channels first."""
+    (keys of two epochs and one repeated); its frames are one (B, T, H, W, 3) array seen channels first."""
     data = WindowClips(halves, 16, 4, ClipAugment(_strong(), 8), seed=7, extras=SpotTargets(LABELS, 3, 0.5),
                        decode=decode)
     keys = [(1, 5), (0, 2), (1, 0), (1, 5)]
@@ -377,7 +376,7 @@ def test_a_window_batch_is_its_keys_samples(halves, decode):
     assert batch["key"].tolist() == [list(k) for k in keys] and batch["targets"].shape == (4, 8, 3)
     if decode == "worker":
         frames = batch["clip"]
-        assert frames.shape == (4, 16, 3, 24, 32) and frames.is_shared()  # crops: at most 4 x 8 px per side
+        assert frames.shape == (4, 16, 3, 24, 32)  # crops: at most 4 x 8 px per side
         assert frames.movedim(-3, -1).is_contiguous() and torch.equal(batch_frames(batch, torch.device("cpu")), frames)
         half, start = data.windows(0)[2]
         assert _level(frames[1]).tolist() == [min(start + j, halves[half].count - 1) for j in range(16)]

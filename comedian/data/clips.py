@@ -498,9 +498,11 @@ Span = tuple[int, int, int, int]
 
 
 def new_frames(shape: Sequence[int]) -> torch.Tensor:
-    """An uninitialised uint8 tensor for a batch's frames, in shared memory: where ``default_collate`` puts a
-    DataLoader worker's batches, so that the batch goes to the training process without another copy (in
-    every process alike, so that ``bench/bench_loader.py`` measures what a worker does)."""
+    """An uninitialised uint8 tensor for a batch's frames: in shared memory inside a DataLoader worker (where
+    ``default_collate`` puts a worker's batches, so that the batch goes to the training process without
+    another copy), in ordinary memory elsewhere."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(tuple(shape), dtype=torch.uint8)
     storage = torch.UntypedStorage._new_shared(math.prod(shape))
     return torch.empty(0, dtype=torch.uint8).set_(storage).view(tuple(shape))
 
