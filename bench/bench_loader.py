@@ -6,28 +6,34 @@ augmentation of the step's set on (each op whose probability is > 0 in the step'
 probability 1), on packed frames made the way ``comedian extract`` makes them (a noisy 398x224 25-fps
 H.264 video extracted at 2 fps, MJPEG q:v 3):
 
-- ``loader_cpu_ms_per_clip``: CPU time of one loader worker building one sample (``dataset[key]``: HDF5
-  read, JPEG decode at the size augmentation needs, drawing the augmentation parameters) and its share of
-  collating a batch (:func:`comedian.data.clips.collate_samples`), one thread;
+- ``loader_cpu_ms_per_clip``: CPU time per clip of one loader worker building a batch as a DataLoader
+  worker does (``dataset.__getitems__(keys)``: HDF5 reads, JPEG decoding at the size augmentation needs
+  straight into the batch's frame array, drawing the augmentation parameters; then the collate function,
+  :func:`comedian.data.clips.collate_samples`; the batch then dropped, freeing its memory), in one DataLoader
+  worker (one thread; the frame array in shared memory, as in training);
 - ``decode_floor_ms_per_clip``: CPU time of decoding the same frames' JPEGs alone (``torchvision.io.
-  decode_jpeg``, bytes already in memory, native size, no resize);
+  decode_jpeg``, bytes already in memory, native size, no resize), in the same worker;
 - ``ratio``: the two, measured interleaved batch by batch (goal <= 1.3);
+- ``fresh_memory_ms_per_clip`` (worker decoding): of the loader's figure, what writing the batch's frame array
+  alone costs, per clip (:func:`comedian.data.clips.new_frames` filled once, freed): memory that no process
+  has used yet, whose pages the kernel hands over (zeroed) at the first write, a cost the decoding floor
+  (decoder output in memory the allocator reuses) does not have and a worker cannot avoid (its batches go to
+  the training process in fresh shared memory);
 - ``device_augment_ms_per_clip``: what the training step does on its device per clip before the model
   (:func:`comedian.preprocess.prepare_batch`: [decode,] augment, normalise; wall time per clip over a batch,
   synchronised), on ``device``.
 
-Step 1 is also measured with its run reader, side by side in the same run (``pretrain_spatial`` gets
-``runs_loader_cpu_ms_per_clip``, ``runs_decode_floor_ms_per_clip``, ``runs_ratio`` and ``subvideos_per_run``):
-the batches the training loop draws with ``subvideos_per_run`` (:class:`comedian.data.clips.EpochSampler`
-with runs), each built by one ``dataset.__getitems__`` call as a DataLoader worker does (one HDF5 read and
-one decoding call per run of consecutive seconds), against the floor of the same sub-videos decoded one by
-one, as for the plain figures, which are those of the per-sample reader (random keys, ``dataset[key]`` one
-by one).
+The batches of the plain figures are random keys of epoch 0 (for step 1: each sub-video read on its own, an
+HDF5 read per sample). Step 1 is also measured with its run reader, side by side in the same run
+(``pretrain_spatial`` gets ``runs_loader_cpu_ms_per_clip``, ``runs_decode_floor_ms_per_clip``, ``runs_ratio``,
+``runs_fresh_memory_ms_per_clip`` and ``subvideos_per_run``): the batches the training loop draws with
+``subvideos_per_run`` (:class:`comedian.data.clips.EpochSampler` with runs, one HDF5 read per run of
+consecutive seconds), against the floor of the same sub-videos decoded one by one, as for the plain figures.
 
 The loader is set up as the training steps set it up for CUDA training (``--loader-for cuda``: the workers
 decode at the native size, the device resizes; ``cpu``: the workers also resize, see
 :func:`comedian.data.clips.decode_size`). With ``--decode device`` the workers only read JPEG bytes and the
-device part decodes them too (nvJPEG on CUDA). Usage: ``python bench/bench_loader.py [--json] [--clips 12] [--device cpu] [--decode worker]
+device part decodes them too (nvJPEG on CUDA). Usage: ``python bench/bench_loader.py [--json] [--clips 24] [--device cpu] [--decode worker]
 [--only pretrain_spatial] [--subvideos-per-run 16]``.
 """
 
@@ -55,6 +61,7 @@ from comedian.data.clips import (
     collate_samples,
     frames_path,
     list_halves,
+    new_frames,
 )
 from comedian.data.frames import PackedFrames, extract_frames, ffmpeg_binary
 from comedian.preprocess import prepare_batch
@@ -156,54 +163,83 @@ def run_batches(dataset: SubVideoPairs, clips: int, batch: int) -> list[list[tup
 
 @dataclass
 class Reader:
-    """One way of building a step's batches: the dataset, the batches of keys, and whether a batch is built
-    at once (``dataset.__getitems__``, step 1's run reader) or sample by sample (``dataset[key]``)."""
+    """One way of building a step's batches: the dataset and the batches of keys."""
 
     dataset: Any
     key_batches: list[list[tuple[int, int]]]
-    batched: bool = False
-    loader: float = 0.0
-    floor: float = 0.0
 
 
-def measure(readers: list[Reader], files: list[PackedFrames], device: torch.device) -> list[dict[str, Any]]:
-    """The figures of one step (module docstring) for each reader, interleaved batch by batch (reader after
-    reader), so that all see the same machine state: the decoding floor of the batch's samples one by one,
-    then the reader building them, then collating them."""
-    for r in readers:
-        collate_samples([r.dataset[r.key_batches[0][0]]])  # warm-up: imports, file handles
+class WorkerJobs(torch.utils.data.Dataset):
+    """The measurements of :func:`measure`, one item per (batch, reader), made in a DataLoader worker: the
+    decoding floor of the batch's samples one by one, then the reader building the batch (and dropping it,
+    which frees its memory), then the fresh memory of its frames alone; CPU seconds each. The first batch of
+    each reader comes back too (for the device part)."""
 
-    def floor_of(dataset: Any, key: tuple[int, int]) -> float:
+    def __init__(self, readers: list[Reader], files: list[PackedFrames]) -> None:
+        self.readers, self.files = readers, files
+        self.jobs = [(b, r) for b in range(max(len(x.key_batches) for x in readers))
+                     for r, x in enumerate(readers) if b < len(x.key_batches)]
+        self.warm: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def floor_of(self, dataset: Any, key: tuple[int, int]) -> float:
         h, start, count = sample_frames(dataset, key[1])
-        jpegs = [torch.from_numpy(j.copy()) for j in files[h].read_jpegs(start, count)]
+        jpegs = [torch.from_numpy(j.copy()) for j in self.files[h].read_jpegs(start, count)]
         t0 = time.process_time()
         decode_floor(jpegs)
         return time.process_time() - t0
 
-    firsts = []
-    for b in range(max(len(r.key_batches) for r in readers)):
-        for r in readers:
-            if b >= len(r.key_batches):
-                continue
-            keys = r.key_batches[b]
-            r.floor += sum(floor_of(r.dataset, key) for key in keys)
+    def __getitem__(self, job: int) -> dict[str, Any]:
+        b, r = self.jobs[job]
+        reader = self.readers[r]
+        keys = reader.key_batches[b]
+        if r not in self.warm:  # imports, file handles
+            collate_samples(reader.dataset.__getitems__(keys[:1]))
+            self.warm.add(r)
+        floor = sum(self.floor_of(reader.dataset, key) for key in keys)
+        t0 = time.process_time()
+        batch = collate_samples(reader.dataset.__getitems__(keys))
+        first = batch if b == 0 else None
+        shape = batch["clip"].movedim(-3, -1).shape if "clip" in batch else None
+        del batch
+        loader = time.process_time() - t0
+        fresh = 0.0
+        if shape is not None:
             t0 = time.process_time()
-            samples = r.dataset.__getitems__(keys) if r.batched else [r.dataset[key] for key in keys]
-            batch = collate_samples(samples)
-            r.loader += time.process_time() - t0
-            if b == 0:
-                firsts.append(batch)
+            new_frames(shape).fill_(0)
+            fresh = time.process_time() - t0
+        return {"reader": r, "clips": len(keys), "floor": floor, "loader": loader, "fresh": fresh, "batch": first}
+
+
+def as_is(item: Any) -> Any:
+    return item
+
+
+def measure(readers: list[Reader], files: list[PackedFrames], device: torch.device) -> list[dict[str, Any]]:
+    """The figures of one step (module docstring) for each reader, measured in ONE DataLoader worker (one
+    thread, as a training loader's worker; its frame arrays in shared memory), interleaved batch by batch
+    (reader after reader) so that all see the same machine state (:class:`WorkerJobs`)."""
+    jobs = torch.utils.data.DataLoader(WorkerJobs(readers, files), batch_size=None, num_workers=1, collate_fn=as_is)
+    totals = [{"clips": 0, "floor": 0.0, "loader": 0.0, "fresh": 0.0} for _ in readers]
+    firsts: list[Any] = [None] * len(readers)
+    for item in jobs:
+        for key in totals[item["reader"]]:
+            totals[item["reader"]][key] += item[key]
+        if item["batch"] is not None:
+            firsts[item["reader"]] = item["batch"]
     out = []
-    for r, batch in zip(readers, firsts):
-        clips = sum(len(keys) for keys in r.key_batches)
+    for t, batch, r in zip(totals, firsts, readers):
         device_part(batch, device)  # warm-up
         seconds = min(device_part(batch, device) for _ in range(3))
         out.append({
-            "loader_cpu_ms_per_clip": 1000 * r.loader / clips,
-            "decode_floor_ms_per_clip": 1000 * r.floor / clips,
-            "ratio": r.loader / r.floor,
+            "loader_cpu_ms_per_clip": 1000 * t["loader"] / t["clips"],
+            "decode_floor_ms_per_clip": 1000 * t["floor"] / t["clips"],
+            "ratio": t["loader"] / t["floor"],
             "device_augment_ms_per_clip": 1000 * seconds / len(r.key_batches[0]),
             "device": str(device),
+            **({"fresh_memory_ms_per_clip": 1000 * t["fresh"] / t["clips"]} if t["fresh"] else {}),
         })
     return out
 
@@ -217,7 +253,7 @@ def random_batches(dataset: Any, clips: int, batch: int) -> list[list[tuple[int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
-    parser.add_argument("--clips", type=int, default=12, help="clips per step for steps 2-3 (step 1: 8x)")
+    parser.add_argument("--clips", type=int, default=24, help="clips per step for steps 2-3 (step 1: 8x)")
     parser.add_argument("--batch", type=int, default=8, help="clips per batch for the device part")
     parser.add_argument("--device", default="cpu", help="device of the training step's part (default cpu)")
     parser.add_argument("--seconds", type=float, default=120.0, help="seconds of synthetic video (default 120)")
@@ -246,24 +282,27 @@ def main(argv: list[str] | None = None) -> int:
             readers = [Reader(dataset, random_batches(dataset, clips, batch))]
             if one:  # the run reader side by side: the batches the loop draws with runs, each read at once
                 runs = step_one_runs(frames_dir, args.decode, args.loader_for == "cpu", args.subvideos_per_run)
-                readers.append(Reader(runs, run_batches(runs, clips, batch), batched=True))
+                readers.append(Reader(runs, run_batches(runs, clips, batch)))
             figures = measure(readers, files, device)
             out[name] = figures[0]
             if one:
                 by_run = figures[1]
-                out[name].update({f"runs_{k}": by_run[k] for k in ("loader_cpu_ms_per_clip",
-                                                                  "decode_floor_ms_per_clip", "ratio")})
+                out[name].update({f"runs_{k}": by_run[k] for k in ("loader_cpu_ms_per_clip", "decode_floor_ms_per_clip",
+                                                                  "ratio", "fresh_memory_ms_per_clip") if k in by_run})
                 out[name]["subvideos_per_run"] = args.subvideos_per_run
             if not args.json:
                 r = out[name]
-                print(f"{name:18s} loader {r['loader_cpu_ms_per_clip']:8.2f} ms/clip  decode floor "
-                      f"{r['decode_floor_ms_per_clip']:7.2f} ms/clip  ratio {r['ratio']:6.2f}  device part "
-                      f"{r['device_augment_ms_per_clip']:7.2f} ms/clip on {r['device']}", flush=True)
+                def fresh(key: str) -> str:
+                    return f"  (fresh memory {r[key]:.2f})" if key in r else ""
+
+                print(f"{name:18s} loader {r['loader_cpu_ms_per_clip']:8.2f} ms/clip{fresh('fresh_memory_ms_per_clip')}"
+                      f"  decode floor {r['decode_floor_ms_per_clip']:7.2f} ms/clip  ratio {r['ratio']:6.2f}  device "
+                      f"part {r['device_augment_ms_per_clip']:7.2f} ms/clip on {r['device']}", flush=True)
                 if one:
                     print(f"{'  in runs of ' + str(args.subvideos_per_run):18s} loader "
-                          f"{r['runs_loader_cpu_ms_per_clip']:8.2f} ms/clip  decode floor "
-                          f"{r['runs_decode_floor_ms_per_clip']:7.2f} ms/clip  ratio {r['runs_ratio']:6.2f}",
-                          flush=True)
+                          f"{r['runs_loader_cpu_ms_per_clip']:8.2f} ms/clip{fresh('runs_fresh_memory_ms_per_clip')}"
+                          f"  decode floor {r['runs_decode_floor_ms_per_clip']:7.2f} ms/clip  ratio "
+                          f"{r['runs_ratio']:6.2f}", flush=True)
     if not args.json:
         print(f"frames: 398x224 JPEGs of {mean_bytes / 1024:.1f} KiB on average (q:v 3)")
     print(json.dumps(out))

@@ -53,13 +53,14 @@ from PIL import Image
 from comedian.data.clips import (
     AugmentSpec,
     ClipAugment,
+    ClipParams,
     EpochSampler,
     SubVideoPairs,
     WindowClips,
     collate_samples,
     list_halves,
 )
-from comedian.data.frames import FORMAT, PackedFrames, decode_frames
+from comedian.data.frames import FORMAT, PackedFrames, decode_into
 from comedian.data.soccernet import game_slug
 from comedian.models import build_model
 from comedian.models.summary import count_macs
@@ -170,14 +171,16 @@ def train_steps(module, optimizer, params, batches, device, steps: int, autocast
 
 
 def decode_rates(frames: PackedFrames, device: torch.device, clip: int, batch: int) -> dict[str, float]:
-    """Frames/s of JPEG decoding on one CPU thread and, on CUDA, of batched nvJPEG (``batch`` clips at once)."""
+    """Frames/s of JPEG decoding on one CPU thread (as the loader's workers decode: into a clip's frame array,
+    :func:`comedian.data.frames.decode_into`) and, on CUDA, of batched nvJPEG (``batch`` clips at once)."""
     jpegs = frames.read_jpegs(0, clip)
+    out = torch.empty((clip, *frames.size, 3), dtype=torch.uint8)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    decode_frames(jpegs)
+    decode_into(jpegs, out)
     t0, n = time.perf_counter(), 0
     while time.perf_counter() - t0 < 2.0:
-        decode_frames(jpegs)
+        decode_into(jpegs, out)
         n += clip
     torch.set_num_threads(threads)
     out = {"decode_cpu_frames_per_s": n / (time.perf_counter() - t0)}
@@ -197,7 +200,7 @@ def decode_rates(frames: PackedFrames, device: torch.device, clip: int, batch: i
 
 def augment_time(augment: ClipAugment, device: torch.device, batch: int, frames: int) -> float:
     """Seconds per clip of :func:`comedian.preprocess.prepare_clips` on 398x224 frames (resize included)."""
-    params = collate_samples([augment.draw(np.random.default_rng(k)).tensors() for k in range(batch)])
+    params = ClipParams.stack([augment.draw(np.random.default_rng(k)) for k in range(batch)])
     x = torch.randint(0, 256, (batch, frames, 3, 224, 398), dtype=torch.uint8).to(device)
     prepare_clips(x, params, augment.size)
     sync(device)

@@ -19,7 +19,7 @@ rounding for resize and blur), so each op matches torchvision's within uint8 rou
 (``tests/test_preprocess.py`` checks op by op). The same code runs on CPU and CUDA, outside autocast.
 
 Augmentation parameters arrive as a batch of tensors (keys of :data:`PARAM_KEYS`, made by
-:meth:`comedian.data.clips.ClipParams.tensors` and collated): they stay on the CPU (:data:`HOST_KEYS`),
+:meth:`comedian.data.clips.ClipParams.stack`): they stay on the CPU (:data:`HOST_KEYS`),
 where the per-op selections of clips are computed without a device synchronisation.
 """
 
@@ -156,10 +156,18 @@ def decode_batch(jpeg: torch.Tensor, lengths: torch.Tensor, device: torch.device
 def batch_frames(batch: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """A batch's frames as uint8 (B, T, 3, H, W) on ``device``: ``batch["clip"]`` (decoded by the loader's
     workers) or, when the workers sent JPEG bytes (``jpeg``, ``jpeg_lengths``), decoded on ``device`` by
-    :func:`decode_batch`."""
+    :func:`decode_batch`.
+
+    The workers' frames are a channels-first view of one (B, T, H, W, 3) array
+    (:class:`comedian.data.clips.FrameStore`): that array is moved as one contiguous block and seen channels
+    first again on the device (:func:`augment` makes it contiguous there)."""
     if "jpeg" in batch:
         return decode_batch(batch["jpeg"], batch["jpeg_lengths"], device)
-    return batch["clip"].to(device, non_blocking=True)
+    frames = batch["clip"]
+    channels_last = frames.movedim(-3, -1)
+    if channels_last.is_contiguous():
+        return channels_last.to(device, non_blocking=True).movedim(-1, -3)
+    return frames.to(device, non_blocking=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -361,7 +369,9 @@ def augment(x: torch.Tensor, params: Mapping[str, torch.Tensor], size: int) -> t
     """Augment a batch of clips, each with its own parameters (see the module docstring).
 
     Args:
-        x: (B, T, 3, H, W) frames, uint8 or float of whole numbers 0..255, on the training device.
+        x: (B, T, 3, H, W) frames, uint8 or float of whole numbers 0..255, on the training device, of any
+            memory layout (the loader's are channels-first views of (B, T, H, W, 3) arrays: the conversion
+            to float makes them contiguous).
         params: the batch's parameters (:data:`PARAM_KEYS`, leading dimension B), on the CPU.
         size: the output side S.
 
@@ -373,7 +383,8 @@ def augment(x: torch.Tensor, params: Mapping[str, torch.Tensor], size: int) -> t
         raise ValueError(f"augmentation parameters lack {missing}")
     p = {k: params[k].cpu() for k in PARAM_KEYS}
     with torch.autocast(x.device.type, enabled=False):
-        x = x.clone() if x.dtype == torch.float32 else x.float()  # the ops below write in place
+        # a contiguous float32 copy, in one pass (the ops below write in place)
+        x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
         x = resample(x, p["crop"], size)
         x = _apply(x, p["flip"], flip)
         ops, factors = p["jitter_op"], p["jitter_factor"]

@@ -74,9 +74,12 @@ def test_list_halves_reads_headers_and_names_missing_files(frames_dir, halves, t
 def test_frame_store_reads_ranges_and_pads_short_halves(halves, cache_mb):
     store = FrameStore(halves, cache_mb)
     for _ in range(2):  # the second pass is served from the cache when there is one
-        assert _level(torch.stack(store.frames(0, 5, 4))).tolist() == [5, 6, 7, 8]
-        short = torch.stack(store.frames(3, 4, 16, (8, 8)))
+        assert _level(store.read([(0, 5, 4, 1)])["clip"][0]).tolist() == [5, 6, 7, 8]
+        short = store.read([(3, 4, 16, 1)], (8, 8))["clip"][0]
         assert short.shape == (16, 3, 8, 8) and _level(short).tolist() == list(range(4, 12)) + [11] * 8
+        run = store.read([(0, 5, 2, 3), (1, 30, 2, 2)])["clip"]  # 3 clips of 2 frames, then 2 (half of 33 frames)
+        assert run.shape == (5, 2, 3, 24, 40)
+        assert _level(run.flatten(0, 1)).tolist() == [5, 6, 7, 8, 9, 10, 30, 31, 32, 32]
     assert bool(store._cache) == bool(cache_mb)
 
 
@@ -255,7 +258,7 @@ def _strong(**overrides) -> AugmentSpec:
 def _augmented(clip: np.ndarray | torch.Tensor, params: ClipParams, size: int) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> (T, size, size, 3) augmented on the CPU as the training step does."""
     frames = torch.as_tensor(clip).movedim(-1, -3)[None]
-    return augment(frames, collate_samples([params.tensors()]), size)[0].movedim(-3, -1).to(torch.uint8)
+    return augment(frames, ClipParams.stack([params]), size)[0].movedim(-3, -1).to(torch.uint8)
 
 
 def test_augmentation_is_clip_consistent():
@@ -360,6 +363,25 @@ def _same_sample(a: dict, b: dict) -> bool:
         _same_sample(a[k], b[k]) if isinstance(a[k], dict) else torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("decode", ["worker", "device"])
+def test_a_window_batch_is_its_keys_samples(halves, decode):
+    """__getitems__ (what a DataLoader worker calls) builds the batch whose rows are dataset[key], key by key
+    (keys of two epochs and one repeated); its frames are one (B, T, H, W, 3) array seen channels first."""
+    data = WindowClips(halves, 16, 4, ClipAugment(_strong(), 8), seed=7, extras=SpotTargets(LABELS, 3, 0.5),
+                       decode=decode)
+    keys = [(1, 5), (0, 2), (1, 0), (1, 5)]
+    batch = data.__getitems__(keys)
+    assert _same_sample(batch, collate_samples([data[k] for k in keys]))
+    assert collate_samples(batch)["augment"] is batch["augment"]  # the collate function passes a batch on
+    assert batch["key"].tolist() == [list(k) for k in keys] and batch["targets"].shape == (4, 8, 3)
+    if decode == "worker":
+        frames = batch["clip"]
+        assert frames.shape == (4, 16, 3, 24, 32)  # crops: at most 4 x 8 px per side
+        assert frames.movedim(-3, -1).is_contiguous() and torch.equal(batch_frames(batch, torch.device("cpu")), frames)
+        half, start = data.windows(0)[2]
+        assert _level(frames[1]).tolist() == [min(start + j, halves[half].count - 1) for j in range(16)]
+
+
 def test_subvideo_pairs_are_reproducible_views_of_one_second(halves):
     augments = (ClipAugment(_strong(blur_p=1.0, solarize_p=0.0), 8), ClipAugment(_strong(blur_p=0.1), 8))
     data = SubVideoPairs(halves, augments, seed=0)
@@ -386,8 +408,8 @@ def test_workers_send_jpeg_bytes_when_the_device_decodes(halves):
     want = collate_samples([worker[k] for k in keys])
     assert torch.equal(frames, want["clip"])
     assert _same_sample(batch["augment_view1"], want["augment_view1"])
-    short = FrameStore(halves, decode="device").clip(3, 0, 16)  # a half of 12 frames: the last one repeats
-    decoded = batch_frames(collate_samples([short]), torch.device("cpu"))[0]
+    short = FrameStore(halves, decode="device").read([(3, 0, 16, 1)])  # a half of 12 frames: the last repeats
+    decoded = batch_frames(short, torch.device("cpu"))[0]
     assert _level(decoded).tolist() == list(range(12)) + [11] * 4
     with pytest.raises(InputError, match="decode"):
         FrameStore(halves, decode="gpu")
@@ -440,9 +462,9 @@ def test_a_run_is_one_read_and_gives_each_key_its_own_sample(halves, decode, mon
                         lambda self, start, count: reads.append((start, count)) or original(self, start, count))
     batch = data.__getitems__(keys)
     assert reads == [(6, 8), (38, 2), (0, 2), (0, 2), (2, 4)]  # runs: 3-6, 19, 20 (half 1), 0, then epoch 3
-    assert _same_sample(collate_samples(batch), collate_samples(single))
+    assert _same_sample(batch, collate_samples(single))
     if decode == "worker":
-        assert _level(collate_samples(batch)["clip"][:4].flatten(0, 1)).tolist() == list(range(6, 14))
+        assert _level(batch["clip"][:4].flatten(0, 1)).tolist() == list(range(6, 14))
 
 
 def test_step_one_batches_do_not_depend_on_workers(halves):

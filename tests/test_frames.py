@@ -176,6 +176,22 @@ def test_decoders_agree(packed):
         PackedFrames(packed, decoder="cv2")
 
 
+@pytest.mark.parametrize("decoder", ["torchvision", "pil"])
+def test_decoding_into_a_batch_slice_equals_decoding_alone(packed, decoder):
+    """read_into writes a run's frames into a slice of a larger (B, H, W, 3) array as read() decodes them,
+    leaving the rest alone; a frame of another size is refused, naming the frame."""
+    import torch
+
+    pf = PackedFrames(packed, decoder=decoder)
+    for size in (None, (56, 64)):
+        want = torch.from_numpy(pf.read(2, 3, size=size))
+        out = torch.full((5, *want.shape[1:]), 7, dtype=torch.uint8)
+        pf.read_into(2, 3, out[1:4], size)
+        assert torch.equal(out[1:4], want) and (out[0] == 7).all() and (out[4] == 7).all()
+    with pytest.raises(InputError, match="JPEG 0 of 2 decodes to"):
+        pf.read_into(0, 2, torch.empty(2, H, W + 1, 3, dtype=torch.uint8))
+
+
 def test_run_read_equals_single_frame_reads(packed):
     pf = PackedFrames(packed)
     run = pf.read(1, 6)

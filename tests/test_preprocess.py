@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from comedian.data.clips import AugmentSpec, ClipAugment, ClipParams, collate_samples
+from comedian.data.clips import AugmentSpec, ClipAugment, ClipParams, collate_samples, first_sample
 from comedian import preprocess as P
 
 SIZE = 16
@@ -46,7 +46,7 @@ def reference(frames: torch.Tensor, p: ClipParams, size: int, float_resize: bool
 
 
 def batch_params(params: list[ClipParams]) -> dict[str, torch.Tensor]:
-    return collate_samples([p.tensors() for p in params])
+    return ClipParams.stack(params)
 
 
 def natural_clips(n: int, t: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -205,7 +205,7 @@ def test_jpeg_batches_decode_on_the_device_like_the_workers():
         jpegs = [_jpeg(f) for f in clip]
         samples.append({"jpeg": torch.from_numpy(np.concatenate(jpegs)),
                         "jpeg_lengths": torch.tensor([j.size for j in jpegs]),
-                        "augment": ClipParams().tensors(), "key": torch.zeros(2)})
+                        "augment": first_sample(ClipParams.stack([ClipParams()])), "key": torch.zeros(2)})
     batch = collate_samples(samples)
     assert batch["jpeg_lengths"].shape == (2, 3) and batch["jpeg"].numel() == batch["jpeg_lengths"].sum()
     decoded = P.batch_frames(batch, torch.device("cpu"))

@@ -17,12 +17,15 @@ before: a run is reproducible and a resumed run sees exactly the samples of an u
 workers' global RNGs are seeded as well (:func:`seed_worker`).
 
 Frames are read with :class:`~comedian.data.frames.PackedFrames`, one instance per half, opened lazily in
-each worker process (HDF5 handles are never shared across a fork). Workers only read and decode: a sample
-holds its frames as uint8 (T, 3, H, W) at the size augmentation needs (:func:`decode_size`), or only their
-JPEG bytes when the training device decodes them (``decode="device"``), and its augmentation *parameters*
-(:meth:`ClipAugment.draw`, from the sample's key). The training step augments and normalises the whole
-batch on its device (:mod:`comedian.preprocess`, the module inference shares), so the loader's CPU cost is
-that of reading and decoding.
+each worker process (HDF5 handles are never shared across a fork). Workers only read and decode: the
+datasets build a whole batch at once (``__getitems__``, which the DataLoader calls with a batch's keys; the
+collate function passes it on), its frames decoded straight into one uint8 (B, T, H, W, 3) array at the size
+augmentation needs (:func:`decode_size`, :class:`FrameStore`), or only their JPEG bytes when the training
+device decodes them (``decode="device"``), with each clip's augmentation *parameters* (:meth:`ClipAugment.draw`,
+from the sample's key). The training step augments and normalises the whole batch on its device
+(:mod:`comedian.preprocess`, the module inference shares), so the loader's CPU cost is that of reading and
+decoding. ``dataset[key]`` is the batch of that one key (without its leading dimension), so a sample is the
+same whatever batch it is read in.
 
 Geometry: the model sees a square S x S frame. Without cropping, the whole native frame (398 x 224 for
 SoccerNet) is resized to S x S (aspect ratio not kept), as at inference. A random resized crop is drawn in
@@ -53,7 +56,8 @@ from comedian.preprocess import JITTER_OPS
 __all__ = [
     "HalfVideo", "list_halves", "frames_path", "sample_rng", "seed_worker",
     "subvideo_starts", "sample_windows", "EpochSampler", "AugmentSpec", "ClipAugment", "SubVideoPairs",
-    "WindowClips", "FrameStore", "decode_size", "collate_samples", "DECODE_PLACES",
+    "WindowClips", "FrameStore", "Span", "new_frames", "decode_size", "collate_samples", "first_sample",
+    "DECODE_PLACES",
 ]
 
 #: Streams of :func:`sample_rng`, so that the draws of different purposes never share a generator
@@ -228,7 +232,7 @@ def sample_windows(halves: Sequence[HalfVideo], per_game: int, window_frames: in
       remainder), and each half's are spread by :func:`_disjoint_starts`: both edges, then windows that
       do not overlap (step 3's "uniformly sampled" windows).
 
-    A half shorter than the window has the single start 0 (the clip is then padded, see :meth:`FrameStore.frames`).
+    A half shorter than the window has the single start 0 (the clip is then padded, see :meth:`FrameStore.frames_into`).
 
     Returns:
         (games * per_game, 2) int64: (index into ``halves``, start frame), grouped by game in ``halves``
@@ -386,17 +390,22 @@ class ClipParams:
     blur_sigma: float = 0.0  # pixels at the output side; 0 = none
     solarize: bool = False
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The parameters as tensors (:data:`comedian.preprocess.PARAM_KEYS`), for the DataLoader to collate
-        and the training step to apply (:func:`comedian.preprocess.augment`)."""
-        ops = torch.full((len(JITTER_OPS),), -1, dtype=torch.int64)
-        factors = torch.zeros(len(JITTER_OPS), dtype=torch.float64)
-        for slot, (op, factor) in enumerate(self.jitter):
-            ops[slot], factors[slot] = JITTER_OPS.index(op), factor
+    @staticmethod
+    def stack(params: Sequence[ClipParams]) -> dict[str, torch.Tensor]:
+        """Clips' parameters as one batch of tensors (:data:`comedian.preprocess.PARAM_KEYS`, leading dimension
+        ``len(params)``), for the training step to apply (:func:`comedian.preprocess.augment`)."""
+        ops = np.full((len(params), len(JITTER_OPS)), -1, dtype=np.int64)
+        factors = np.zeros((len(params), len(JITTER_OPS)), dtype=np.float64)
+        for row, p in enumerate(params):
+            for slot, (op, factor) in enumerate(p.jitter):
+                ops[row, slot], factors[row, slot] = JITTER_OPS.index(op), factor
         return {
-            "crop": torch.tensor(self.crop, dtype=torch.float64), "flip": torch.tensor(self.flip),
-            "jitter_op": ops, "jitter_factor": factors, "grayscale": torch.tensor(self.grayscale),
-            "blur_sigma": torch.tensor(self.blur_sigma, dtype=torch.float64), "solarize": torch.tensor(self.solarize),
+            "crop": torch.tensor([p.crop for p in params], dtype=torch.float64).view(len(params), 4),
+            "flip": torch.tensor([p.flip for p in params], dtype=torch.bool),
+            "jitter_op": torch.from_numpy(ops), "jitter_factor": torch.from_numpy(factors),
+            "grayscale": torch.tensor([p.grayscale for p in params], dtype=torch.bool),
+            "blur_sigma": torch.tensor([p.blur_sigma for p in params], dtype=torch.float64),
+            "solarize": torch.tensor([p.solarize for p in params], dtype=torch.bool),
         }
 
 
@@ -411,6 +420,13 @@ class ClipAugment:
     def __init__(self, spec: AugmentSpec, size: int) -> None:
         self.spec = spec
         self.size = size
+        # jitter: (operation, lowest, highest factor) in the drawing order; strength 0 = identity, skipped
+        # (hue costs an RGB <-> HSV round trip)
+        b, c, sat, hue = spec.jitter
+        self._jitter = (("brightness", max(0.0, 1 - b), 1 + b), ("contrast", max(0.0, 1 - c), 1 + c),
+                        ("saturation", max(0.0, 1 - sat), 1 + sat), ("hue", -hue, hue))
+        self._jitter_kept = tuple(strength > 0 for strength in spec.jitter)
+        self._log_ratio = (math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1]))
 
     def draw(self, rng: np.random.Generator) -> ClipParams:
         """Draw one clip's parameters from ``rng`` (a fixed number of draws per call and spec)."""
@@ -420,17 +436,11 @@ class ClipAugment:
             p.crop = self._draw_crop(rng)
         p.flip = bool(rng.random() < s.flip_p)
         if rng.random() < s.jitter_p and any(s.jitter):
-            b, c, sat, hue = s.jitter
-            factors = [("brightness", rng.uniform(max(0.0, 1 - b), 1 + b)),
-                       ("contrast", rng.uniform(max(0.0, 1 - c), 1 + c)),
-                       ("saturation", rng.uniform(max(0.0, 1 - sat), 1 + sat)),
-                       ("hue", rng.uniform(-hue, hue))]
-            strengths = dict(zip(("brightness", "contrast", "saturation", "hue"), s.jitter))
-            # an operation of strength 0 is the identity: skipped (hue costs an RGB <-> HSV round trip)
-            p.jitter = [factors[k] for k in rng.permutation(4) if strengths[factors[k][0]] > 0]
+            factors = [(op, _uniform(rng, lo, hi)) for op, lo, hi in self._jitter]
+            p.jitter = [factors[k] for k in rng.permutation(4) if self._jitter_kept[k]]
         p.grayscale = bool(rng.random() < s.grayscale_p)
         if rng.random() < s.blur_p:
-            p.blur_sigma = float(rng.uniform(*s.blur_sigma)) * self.size / REFERENCE_SIDE
+            p.blur_sigma = _uniform(rng, *s.blur_sigma) * self.size / REFERENCE_SIDE
         p.solarize = bool(rng.random() < s.solarize_p)
         return p
 
@@ -438,14 +448,19 @@ class ClipAugment:
         """A crop (top, left, height, width) in fractions of the frame, torchvision's RandomResizedCrop rule
         in relative coordinates: 10 tries of (scale, log-ratio), else the whole frame."""
         lo, hi = self.spec.crop_scale
-        log_ratio = (math.log(self.spec.crop_ratio[0]), math.log(self.spec.crop_ratio[1]))
         for _ in range(10):
-            area = rng.uniform(lo, hi)
-            ratio = math.exp(rng.uniform(*log_ratio))
+            area = _uniform(rng, lo, hi)
+            ratio = math.exp(_uniform(rng, *self._log_ratio))
             w, h = math.sqrt(area * ratio), math.sqrt(area / ratio)
             if w <= 1.0 and h <= 1.0:
-                return float(rng.uniform(0, 1 - h)), float(rng.uniform(0, 1 - w)), h, w
+                return _uniform(rng, 0.0, 1 - h), _uniform(rng, 0.0, 1 - w), h, w
         return 0.0, 0.0, 1.0, 1.0
+
+
+def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """``rng.uniform(low, high)``, the same number (NumPy computes ``low + (high - low) * rng.random()``) at
+    half the cost of the call."""
+    return low + (high - low) * rng.random()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -472,24 +487,42 @@ def decode_size(native: tuple[int, int], size: int, crops: bool, resize: bool = 
     return (min(height, side), min(width, side))
 
 
-
 #: Where a clip's JPEGs are decoded: in the loader's workers (``worker``), or on the training device
 #: (``device``: the workers only read the bytes; :func:`comedian.preprocess.decode_batch`).
 DECODE_PLACES: tuple[str, ...] = ("worker", "device")
+
+
+#: A stretch of clips read at once: (half index, first frame, frames per clip, clips); clip k holds frames
+#: ``first + k * frames ..`` of the half (frames past its end repeat its last frame).
+Span = tuple[int, int, int, int]
+
+
+def new_frames(shape: Sequence[int]) -> torch.Tensor:
+    """An uninitialised uint8 tensor for a batch's frames: in shared memory inside a DataLoader worker (where
+    ``default_collate`` puts a worker's batches, so that the batch goes to the training process without
+    another copy), in ordinary memory elsewhere."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(tuple(shape), dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(tuple(shape))
 
 
 class FrameStore:
     """Frames of the halves: one :class:`PackedFrames` per half, opened on first use in the process that
     reads, and an optional in-memory cache of decoded frames.
 
-    ``clip(index, start, count, size)`` is what a sample holds of its frames: ``{"clip": [T x uint8 (3, H, W)]}``
-    decoded here (``decode="worker"``; channels first, as the training device wants them, and not copied into
-    one array: :func:`collate_samples` stacks a batch once), or ``{"jpeg": uint8 (bytes,), "jpeg_lengths":
-    int64 (T,)}``, the frames' JPEGs back to back for the training device to decode (``decode="device"``).
+    ``read(spans, size)`` is what a batch holds of its frames, for clips of T frames each:
 
-    The cache keeps every frame it decodes, at the size it was asked for, until ``cache_mb`` megabytes are
-    used (then it only serves what it holds): on a data set that fits (the demo), every epoch after the
-    first skips JPEG decoding; on a large one it saves a share. Each DataLoader worker has its own cache.
+    - ``decode="worker"``: ``{"clip": uint8 (B, T, 3, H, W)}`` decoded here, a channels-first VIEW of one
+      (B, T, H, W, 3) array (the decoder's own layout, so that each frame is decoded straight into its slot
+      with one plain copy, :func:`~comedian.data.frames.decode_into`; the training device's augmentation makes
+      it contiguous, :func:`comedian.preprocess.augment`), allocated by :func:`new_frames`;
+    - ``decode="device"``: ``{"jpeg": uint8 (bytes,), "jpeg_lengths": int64 (B, T)}``, the frames' JPEGs back
+      to back, clip by clip, for the training device to decode.
+
+    The cache keeps a copy of every frame it decodes, at the size it was asked for, until ``cache_mb``
+    megabytes are used (then it only serves what it holds): on a data set that fits (the demo), every epoch
+    after the first skips JPEG decoding; on a large one it saves a share. Each DataLoader worker has its own.
 
     Args:
         halves: the halves, indexed like the samplers' half indices.
@@ -515,59 +548,83 @@ class FrameStore:
             self._open[index] = PackedFrames(self.halves[index].path)
         return self._open[index]
 
-    def clip(self, index: int, start: int, count: int, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-        """Frames ``start .. start + count - 1`` of half ``index`` as a sample holds them (see the class
-        docstring); ``size`` = the decoding size (``decode="worker"`` only). Frames past the end of the half
-        repeat its last frame."""
-        return self.clips(index, start, count, 1, size)[0]
+    def read(self, spans: Sequence[Span], size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """The frames of the clips of ``spans``, in order, as a batch holds them (see the class docstring);
+        ``size`` = the decoding size (``decode="worker"`` only; None = native). Each span is ONE contiguous
+        read of its frames.
 
-    def clips(self, index: int, start: int, count: int, n: int,
-              size: tuple[int, int] | None = None) -> list[dict[str, torch.Tensor]]:
-        """``n`` consecutive clips of ``count`` frames of half ``index`` from frame ``start`` (clip k: frames
-        ``start + k count ..``), each as :meth:`clip` returns it, from ONE contiguous read of their frames
-        (and one decoding call); frames past the end of the half repeat its last frame."""
-        total = count * n
-        if self.decode == "worker":
-            frames = self.frames(index, start, total, size)
-            return [{"clip": frames[k * count : (k + 1) * count]} for k in range(n)]
-        frames = self.file(index)
-        available = min(total, frames.count - start)
-        jpegs = frames.read_jpegs(start, available)
-        jpegs += [jpegs[-1]] * (total - available)
-        lengths = torch.tensor([j.size for j in jpegs], dtype=torch.int64).view(n, count)
-        data = torch.from_numpy(np.concatenate(jpegs))
-        cuts = [0, *torch.cumsum(lengths.sum(dim=1), 0).tolist()]
-        return [{"jpeg": data[cuts[k] : cuts[k + 1]], "jpeg_lengths": lengths[k]} for k in range(n)]
+        Raises:
+            InputError: the spans' halves have frames of different native sizes (and ``size`` is None).
+        """
+        count = int(spans[0][2])
+        if any(int(s[2]) != count for s in spans):
+            raise ValueError(f"clips of one batch differ in length: {sorted({int(s[2]) for s in spans})} frames")
+        clips = sum(int(s[3]) for s in spans)
+        if self.decode == "device":
+            return self._read_jpegs(spans, count)
+        height, width = size if size is not None else self.file(int(spans[0][0])).size
+        if size is None:
+            for index, *_ in spans:
+                if self.file(int(index)).size != (height, width):
+                    raise InputError(f"{self.halves[int(index)].path}: frames of {self.file(int(index)).size} "
+                                     f"pixels, other frames of the batch have {(height, width)}")
+        out = new_frames((clips, count, height, width, 3))
+        row = 0
+        for index, start, _, n in spans:
+            frames = out[row : row + n].view(n * count, height, width, 3)
+            self.frames_into(int(index), int(start), n * count, frames, size)
+            row += n
+        return {"clip": out.movedim(-1, -3)}
 
-    def frames(self, index: int, start: int, count: int, size: tuple[int, int] | None = None) -> list[torch.Tensor]:
-        """Frames ``start ..`` of half ``index`` decoded at ``size`` (None = native), one uint8 (3, H, W) tensor
-        each (:meth:`PackedFrames.read_frames`); frames past the end of the half repeat its last frame."""
+    def _read_jpegs(self, spans: Sequence[Span], count: int) -> dict[str, torch.Tensor]:
+        jpegs: list[np.ndarray] = []
+        for index, start, _, n in spans:
+            frames, total = self.file(int(index)), count * int(n)
+            available = min(total, frames.count - int(start))
+            run = frames.read_jpegs(int(start), available)
+            jpegs += run + [run[-1]] * (total - available)
+        lengths = torch.tensor([j.size for j in jpegs], dtype=torch.int64).view(-1, count)
+        return {"jpeg": torch.from_numpy(np.concatenate(jpegs)), "jpeg_lengths": lengths}
+
+    def frames_into(self, index: int, start: int, count: int, out: torch.Tensor,
+                    size: tuple[int, int] | None = None) -> None:
+        """Frames ``start .. start + count - 1`` of half ``index`` decoded at ``size`` (None = native) into ``out``,
+        uint8 (count, H, W, 3); frames past the end of the half repeat its last frame."""
         frames = self.file(index)
         stop = min(start + count, frames.count)
         keys = [(index, f, size) for f in range(start, stop)]
         if self.cache_bytes and all(k in self._cache for k in keys):
-            clip = [self._cache[k] for k in keys]
+            for slot, key in zip(out, keys):
+                slot.copy_(self._cache[key])
         else:
-            clip = frames.read_frames(start, stop - start, size=size)
-            for k, frame in zip(keys, clip):
-                if self.cache_bytes and k not in self._cache and self._used + frame.nbytes <= self.cache_bytes:
-                    self._cache[k] = frame
-                    self._used += frame.nbytes
-        return clip + [clip[-1]] * (count - len(clip))
+            frames.read_into(start, stop - start, out[: stop - start], size)
+            for slot, key in zip(out, keys):
+                if self.cache_bytes and key not in self._cache and self._used + slot.nbytes <= self.cache_bytes:
+                    self._cache[key] = slot.clone()
+                    self._used += slot.nbytes
+        out[stop - start :] = out[stop - start - 1]
 
 
-def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The DataLoader's ``collate_fn``: ``default_collate``, except for the frames: the clips' frames
-    (``clip``, T tensors each) are stacked once into uint8 (B, T, 3, H, W) (in shared memory in a worker, as
-    ``default_collate`` does), and the clips' JPEG bytes (``jpeg``, of different lengths) are concatenated in
-    sample order, ``jpeg_lengths`` (B, T) saying where each lies."""
-    batch = default_collate([{k: v for k, v in s.items() if k not in ("clip", "jpeg")} for s in samples])
-    if "clip" in samples[0]:
-        frames = [frame for s in samples for frame in s["clip"]]
-        batch["clip"] = default_collate(frames).view(len(samples), len(samples[0]["clip"]), *frames[0].shape)
+def collate_samples(samples: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
+    """The DataLoader's ``collate_fn``.
+
+    The training datasets build a whole batch at once (their ``__getitems__``, which the DataLoader calls
+    with the batch's keys): such a batch (a mapping) is returned as it is. A list of samples (each
+    ``dataset[key]``: the batch of that one key without its leading dimension) is collated into the batch
+    that ``__getitems__`` gives for the same keys: ``default_collate``, except the clips' JPEG bytes (``jpeg``,
+    of different lengths), concatenated in sample order (``jpeg_lengths`` (B, T) says where each lies)."""
+    if isinstance(samples, Mapping):
+        return dict(samples)
+    batch = default_collate([{k: v for k, v in s.items() if k != "jpeg"} for s in samples])
     if "jpeg" in samples[0]:
         batch["jpeg"] = torch.cat([s["jpeg"] for s in samples])
     return batch
+
+
+def first_sample(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch of one key as that key's sample: every entry without its leading dimension (``jpeg``, which has
+    none, as it is)."""
+    return {k: first_sample(v) if isinstance(v, Mapping) else v if k == "jpeg" else v[0] for k, v in batch.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -578,15 +635,17 @@ class SubVideoPairs(Dataset):
     """Step 1's samples: every 1-s sub-video of the halves (or ``per_half`` of each half's, drawn afresh
     every epoch from (seed, epoch): :meth:`subvideos`), as two augmented views.
 
-    ``dataset[(epoch, index)]`` -> the sub-video's frames (:meth:`FrameStore.clip`: ``clip`` uint8 (frames,
-    3, H, W) at :func:`decode_size` (``worker_resize``), or its JPEGs) and the two views' augmentation
-    parameters ``augment_view1``, ``augment_view2`` (:meth:`ClipParams.tensors`; one draw per view, the same
-    for both frames of the view), which the training step applies (:func:`comedian.preprocess.augment`).
+    ``dataset.__getitems__(keys)`` -> the batch: the sub-videos' frames (:meth:`FrameStore.read`: ``clip``
+    uint8 (B, frames, 3, H, W) at :func:`decode_size` (``worker_resize``), or their JPEGs) and the two views'
+    augmentation parameters ``augment_view1``, ``augment_view2`` (:meth:`ClipParams.stack`; one draw per view
+    and key, the same for both frames of the view), which the training step applies
+    (:func:`comedian.preprocess.augment`); ``dataset[key]`` is the batch of one key without its leading
+    dimension.
 
     Runs. A 2-frame sample costs a loader about as much in per-sample work (an HDF5 read, a decoding call,
     Python) as in JPEG decoding, so samples are read in runs: :meth:`__getitems__` (what the DataLoader calls
     with a batch's keys) reads each stretch of keys that are consecutive sub-videos of one half with ONE
-    contiguous read and one decoding call (:meth:`FrameStore.clips`); and with ``per_run`` > 1, :meth:`runs`
+    contiguous read (a span of :meth:`FrameStore.read`); and with ``per_run`` > 1, :meth:`runs`
     cuts the epoch into runs of up to ``per_run`` consecutive sub-videos of a half, which
     :class:`EpochSampler` keeps together in a batch. Each sample's frames and augmentation stay those of its
     own key (``dataset[key]`` returns the same as reading it in a run), so only which samples share a batch
@@ -644,13 +703,14 @@ class SubVideoPairs(Dataset):
         return np.diff(np.append(first, len(subvideos)))
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        return self.__getitems__([key])[0]
+        return first_sample(self.__getitems__([key]))
 
-    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
-        """The samples of ``keys``, in order, each as ``dataset[key]``; keys that follow each other in the list
-        and are consecutive sub-videos of one half (same epoch) are read as one run."""
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        """The batch of ``keys``, in order (each key's sample is ``dataset[key]``); keys that follow each other in
+        the list and are consecutive sub-videos of one half (same epoch) are read as one run."""
         crops = self.augments[0].spec.crops or self.augments[1].spec.crops
-        items: list[dict[str, Any]] = []
+        spans: list[Span] = []
+        views: tuple[list[ClipParams], list[ClipParams]] = ([], [])
         k = 0
         while k < len(keys):
             epoch = int(keys[k][0])
@@ -660,27 +720,30 @@ class SubVideoPairs(Dataset):
                    and self._follows(subvideos, rows[-1], int(keys[k + len(rows)][1]))):
                 rows.append(int(keys[k + len(rows)][1]))
             half, start = (int(v) for v in subvideos[rows[0]])
-            size = decode_size(self.files.file(half).size, self.augments[0].size, crops, self.worker_resize)
-            for index, item in zip(rows, self.files.clips(half, start, self.frames, len(rows), size)):
+            spans.append((half, start, self.frames, len(rows)))
+            for index in rows:
                 rng = sample_rng(self.seed, STREAM_AUGMENT, epoch, index)
-                item["augment_view1"] = self.augments[0].draw(rng).tensors()
-                item["augment_view2"] = self.augments[1].draw(rng).tensors()
-                items.append(item)
+                views[0].append(self.augments[0].draw(rng))
+                views[1].append(self.augments[1].draw(rng))
             k += len(rows)
-        return items
+        size = decode_size(self.files.file(spans[0][0]).size, self.augments[0].size, crops, self.worker_resize)
+        batch: dict[str, Any] = self.files.read(spans, size)
+        batch["augment_view1"], batch["augment_view2"] = ClipParams.stack(views[0]), ClipParams.stack(views[1])
+        return batch
 
 
 class WindowClips(Dataset):
     """Steps 2-3's samples: windows of ``window_frames`` frames, ``per_game`` per game, redrawn every epoch
     (``sampling``: see :func:`sample_windows`).
 
-    ``dataset[(epoch, index)]`` -> a dict with the window's frames (:meth:`FrameStore.clip`: ``clip`` uint8
-    (T, 3, H, W) at :func:`decode_size` (``worker_resize``), or its JPEGs), ``augment`` (its augmentation parameters, :meth:`ClipParams.tensors`, which
-    the training step applies, :func:`comedian.preprocess.augment`), ``key`` int64 (2,)
-    (epoch, index: the training step seeds the sample's token mask with it), ``start_s``
-    (float64, time of the first frame within the half) and ``half_index`` (int64, into ``halves``), plus
-    whatever ``extras(half, start_s, window_frames)`` returns (e.g. per-token targets or teacher rows),
-    as tensors.
+    ``dataset.__getitems__(keys)`` -> the batch, a dict with the windows' frames (:meth:`FrameStore.read`:
+    ``clip`` uint8 (B, T, 3, H, W) at :func:`decode_size` (``worker_resize``), or their JPEGs), ``augment``
+    (their augmentation parameters, :meth:`ClipParams.stack`, which the training step applies,
+    :func:`comedian.preprocess.augment`), ``key`` int64 (B, 2) (epoch, index: the training step seeds the
+    sample's token mask with it), ``start_s`` (float64 (B,), time of the first frame within the half) and
+    ``half_index`` (int64 (B,), into ``halves``), plus whatever ``extras(half, start_s, window_frames)``
+    returns (e.g. per-token targets or teacher rows), stacked as tensors; ``dataset[key]`` is the batch of
+    one key without its leading dimension.
     """
 
     def __init__(
@@ -722,18 +785,24 @@ class WindowClips(Dataset):
         return self._epoch_windows[1]
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        epoch, index = key
-        half_index, start = (int(v) for v in self.windows(epoch)[index])
-        half = self.halves[half_index]
-        size = decode_size(self.files.file(half_index).size, self.augment.size, self.augment.spec.crops,
+        return first_sample(self.__getitems__([key]))
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        """The batch of ``keys``, in order (each key's sample is ``dataset[key]``)."""
+        keys = [(int(epoch), int(index)) for epoch, index in keys]
+        windows = [tuple(int(v) for v in self.windows(epoch)[index]) for epoch, index in keys]
+        size = decode_size(self.files.file(windows[0][0]).size, self.augment.size, self.augment.spec.crops,
                            self.worker_resize)
-        item: dict[str, Any] = self.files.clip(half_index, start, self.window_frames, size)
-        item["augment"] = self.augment.draw(sample_rng(self.seed, STREAM_AUGMENT, epoch, index)).tensors()
-        item["key"] = torch.tensor([epoch, index], dtype=torch.int64)
-        start_s = start / half.fps
-        item["start_s"] = torch.tensor(start_s, dtype=torch.float64)
-        item["half_index"] = torch.tensor(half_index, dtype=torch.int64)
+        batch: dict[str, Any] = self.files.read([(h, start, self.window_frames, 1) for h, start in windows], size)
+        batch["augment"] = ClipParams.stack([self.augment.draw(sample_rng(self.seed, STREAM_AUGMENT, epoch, index))
+                                             for epoch, index in keys])
+        batch["key"] = torch.tensor(keys, dtype=torch.int64)
+        starts_s = [start / self.halves[h].fps for h, start in windows]
+        batch["start_s"] = torch.tensor(starts_s, dtype=torch.float64)
+        batch["half_index"] = torch.tensor([h for h, _ in windows], dtype=torch.int64)
         if self.extras is not None:
-            for name, value in self.extras(half, start_s, self.window_frames).items():
-                item[name] = torch.from_numpy(np.ascontiguousarray(value))
-        return item
+            extras = [self.extras(self.halves[h], start_s, self.window_frames)
+                      for (h, _), start_s in zip(windows, starts_s)]
+            for name in extras[0]:
+                batch[name] = torch.from_numpy(np.stack([np.asarray(e[name]) for e in extras]))
+        return batch

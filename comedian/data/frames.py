@@ -62,6 +62,7 @@ system without file locks, set ``HDF5_USE_FILE_LOCKING=FALSE`` (files are never 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import io
@@ -472,6 +473,7 @@ class PackedFrames:
         self.source = str(attrs["source"])
         self.quality = int(attrs["quality"])
         self._h5 = None
+        self._jpeg = None  # the open file's ``jpeg`` dataset (a group lookup costs more than a short read)
         self._pid: int | None = None
 
     # -- time <-> index ---------------------------------------------------------------------
@@ -492,8 +494,9 @@ class PackedFrames:
             import h5py
 
             self._h5 = h5py.File(self.path, "r")
+            self._jpeg = self._h5["jpeg"]
             self._pid = os.getpid()
-        return self._h5["jpeg"]
+        return self._jpeg
 
     def _check_range(self, start: int, count: int) -> None:
         if count < 1 or start < 0 or start + count > self.count:
@@ -524,9 +527,10 @@ class PackedFrames:
         """
         return decode_jpegs(self.read_jpegs(start, count), size=size, decoder=self.decoder)
 
-    def read_frames(self, start: int, count: int, size: tuple[int, int] | None = None) -> list:
-        """Frames ``start .. start + count - 1`` as one uint8 (3, H, W) tensor each (:func:`decode_frames`)."""
-        return decode_frames(self.read_jpegs(start, count), size=size, decoder=self.decoder)
+    def read_into(self, start: int, count: int, out, size: tuple[int, int] | None = None) -> None:
+        """Decode frames ``start .. start + count - 1`` into ``out``, a uint8 tensor (count, H, W, 3) at ``size``
+        (None = native): :func:`decode_into`."""
+        decode_into(self.read_jpegs(start, count), out, size=size, decoder=self.decoder)
 
     def read_time(self, start_s: float, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """``read(index_of(start_s), count, size)``: ``count`` frames from ``start_s`` seconds."""
@@ -535,7 +539,7 @@ class PackedFrames:
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
-        self._h5, self._pid = None, None
+        self._h5, self._jpeg, self._pid = None, None, None
 
     def __enter__(self) -> PackedFrames:
         return self
@@ -545,7 +549,7 @@ class PackedFrames:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_h5"], state["_pid"] = None, None
+        state["_h5"], state["_jpeg"], state["_pid"] = None, None, None
         return state
 
     def __repr__(self) -> str:
@@ -573,53 +577,94 @@ def decode_jpegs(
             0.29 in favour of TorchCodec, so it may vanish), else PIL. Both use libjpeg-turbo;
             their pixels agree within 1 grey level.
     """
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    decoder = _resolve_decoder(decoder)
     if len(jpegs) == 0:
         h, w = size if size is not None else (0, 0)
         return np.empty((0, h, w, 3), dtype=np.uint8)
-    if decoder == "auto":
-        decoder = "torchvision" if _torchvision_decodes_jpeg() else "pil"
     if decoder == "pil":
         return _decode_pil(jpegs, size)
-    images = decode_frames(jpegs, size, decoder="torchvision")
-    out = np.empty((len(images), *images[0].shape[1:], 3), dtype=np.uint8)
-    for k, img in enumerate(images):
-        out[k] = img.numpy().transpose(1, 2, 0)
+    import torch
+
+    with _quiet_torchvision():
+        first = _decode_torchvision(jpegs[0], size)
+    out = np.empty((len(jpegs), *first.shape), dtype=np.uint8)
+    frames = torch.from_numpy(out)
+    frames[0].copy_(first)
+    decode_into(jpegs[1:], frames[1:], size, decoder)
     return out
 
 
-def decode_frames(
+def decode_into(
     jpegs: Sequence[bytes | memoryview | np.ndarray],
+    out,
     size: tuple[int, int] | None = None,
     decoder: str = "auto",
-) -> list:
-    """Decode JPEGs into one uint8 (3, H, W) RGB tensor per frame, resized if asked (as :func:`decode_jpegs`).
+) -> None:
+    """Decode JPEGs into ``out``, a uint8 tensor (N, H, W, 3) (e.g. a slice of a loader's batch), RGB.
 
-    The frames are the decoder's own output, not copied into one array: the training loader's collate
-    function stacks a batch's frames once (:func:`comedian.data.clips.collate_samples`).
+    With torchvision, one frame at a time: the decoder's output (which holds the pixels as (H, W, 3)) is
+    copied into its slot straight away, so that the next frame's output reuses memory still in cache, and
+    the copy is a plain one (no change of layout).
+
+    Args:
+        jpegs: N JPEG byte strings, as :func:`decode_jpegs`.
+        out: the destination; (H, W) = ``size``, or the frames' native size when ``size`` is None.
+        size, decoder: as :func:`decode_jpegs`.
+
+    Raises:
+        InputError: a JPEG does not decode to ``out``'s frame size.
     """
     import torch
 
+    decoder = _resolve_decoder(decoder)
+    if out.dtype != torch.uint8 or out.ndim != 4 or out.shape[0] != len(jpegs) or out.shape[3] != 3:
+        raise ValueError(f"out must be uint8 ({len(jpegs)}, H, W, 3), got {out.dtype} {tuple(out.shape)}")
+    if decoder == "pil" and len(jpegs):
+        decoded = _decode_pil(jpegs, size)
+        _check_size(decoded.shape[1:], out, 0, len(jpegs))
+        out.copy_(torch.from_numpy(decoded))
+        return
+    with _quiet_torchvision():
+        for k, jpeg in enumerate(jpegs):
+            frame = _decode_torchvision(jpeg, size)
+            _check_size(frame.shape, out, k, len(jpegs))
+            out[k].copy_(frame)
+
+
+def _check_size(shape: Sequence[int], out, k: int, n: int) -> None:
+    if tuple(shape) != tuple(out.shape[1:]):
+        raise InputError(f"JPEG {k} of {n} decodes to {tuple(shape[:2])} pixels, expected {tuple(out.shape[1:3])}")
+
+
+def _resolve_decoder(decoder: str) -> str:
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if decoder == "auto":
-        decoder = "torchvision" if _torchvision_decodes_jpeg() else "pil"
-    if decoder == "pil":
-        return [torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1))) for f in _decode_pil(jpegs, size)]
+        return "torchvision" if _torchvision_decodes_jpeg() else "pil"
+    return decoder
+
+
+@contextlib.contextmanager
+def _quiet_torchvision() -> Iterator[None]:
+    """Silences torchvision 0.29's deprecation notice of its image decoding (see :func:`decode_jpegs`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def _decode_torchvision(jpeg: bytes | memoryview | np.ndarray, size: tuple[int, int] | None):
+    """One JPEG decoded by ``torchvision.io.decode_jpeg`` (resized to ``size`` if given): uint8 (H, W, 3)."""
+    import torch
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2.functional import resize
 
     if _FORKED and torch.get_num_threads() != 1:
         torch.set_num_threads(1)  # torch's OpenMP pool does not survive fork (DataLoader does this too)
-    tensors = [torch.from_numpy(_writable_uint8(j)) for j in jpegs]
-    with warnings.catch_warnings():  # the deprecation notice of torchvision 0.29 (see above)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        images = decode_jpeg(tensors, mode=ImageReadMode.RGB)  # N x (3, H, W)
-    if size is None:
-        return images
-    return [img if tuple(img.shape[1:]) == tuple(size) else resize(img, list(size), antialias=True)
-            for img in images]
+    # (3, H, W), held as (H, W, 3) in memory
+    image = decode_jpeg(torch.from_numpy(_writable_uint8(jpeg)), mode=ImageReadMode.RGB)
+    if size is not None and tuple(image.shape[1:]) != tuple(size):
+        image = resize(image, list(size), antialias=True)
+    return image.permute(1, 2, 0)
 
 
 _FORKED = False
