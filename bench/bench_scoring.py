@@ -117,42 +117,28 @@ def timed(command: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-OURS_PARTS = """
-import json, sys, time, warnings
-from pathlib import Path
-cpu = time.process_time
-from comedian import scoring
-from comedian.data.soccernet import SOCCERNET_V2_CLASSES
-root, metric = Path(sys.argv[1]), sys.argv[2]
-games = scoring.find_games(root / "labels")
-t = cpu()
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    labels, predictions = scoring.read_tables(root / "labels", root / "preds", games, SOCCERNET_V2_CLASSES)
-parse = cpu() - t
-t = cpu()
-grid = scoring._Grid(labels, predictions, len(SOCCERNET_V2_CLASSES), scoring.FRAMERATE)
-place = cpu() - t
-t = cpu()
-scoring._evaluate(grid, scoring.METRIC_DELTAS_S[metric])
-evaluate = cpu() - t
-t = cpu()
-for delta in scoring.METRIC_DELTAS_S[metric]:
-    grid.match(delta * scoring.FRAMERATE)
-matching = cpu() - t
-print(json.dumps({"json_parsing": parse, "grid": place, "matching": matching, "curves": max(evaluate - matching, 0.0)}))
-"""
-
-
 def breakdown_ours(root: Path, metric: str) -> dict[str, float]:
-    """CPU seconds of each part of ``comedian evaluate``: start-up (a process importing what it imports),
-    then the parts, timed in a process of their own that imports what ``comedian evaluate`` imports (in
-    this one, with the bench's imports, the garbage collector's passes would cost the parsing more)."""
+    """CPU seconds of each part of ``comedian evaluate`` (start-up in a child process)."""
+    cpu = time.process_time
     startup = timed([sys.executable, "-c", "import comedian.cli, comedian.scoring, comedian.data.soccernet, msgspec"])[1]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", OURS_PARTS, str(root), metric], check=True, env=env,
-                         capture_output=True, text=True).stdout
-    return {"startup": startup, **json.loads(out)}
+    games = scoring.find_games(root / "labels")
+    t = cpu()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        labels, predictions = scoring.read_tables(root / "labels", root / "preds", games, SOCCERNET_V2_CLASSES)
+    parse = cpu() - t
+    t = cpu()
+    grid = scoring._Grid(labels, predictions, len(SOCCERNET_V2_CLASSES), scoring.FRAMERATE)
+    place = cpu() - t
+    t = cpu()
+    scoring._evaluate(grid, scoring.METRIC_DELTAS_S[metric])
+    evaluate = cpu() - t
+    t = cpu()
+    for delta in scoring.METRIC_DELTAS_S[metric]:
+        grid.match(delta * scoring.FRAMERATE)
+    matching = cpu() - t
+    return {"startup": startup, "json_parsing": parse, "grid": place, "matching": matching,
+            "curves": max(evaluate - matching, 0.0)}
 
 
 def main() -> None:
