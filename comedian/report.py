@@ -288,13 +288,19 @@ def write_page(path: str | Path, title: str, sections: Sequence[tuple[str, str]]
 # ----------------------------------------------------------------------------------------------
 
 
-def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``(dotted key, value)`` rows of nested mappings; lists of mappings (the GPUs) as JSON."""
-    if isinstance(value, Mapping):
-        return [row for key, sub in value.items() for row in _flat(sub, f"{prefix}{key}.")]
-    if isinstance(value, list) and any(isinstance(v, (Mapping, list)) for v in value):
-        value = json.dumps(value)
-    return [(prefix.rstrip("."), "null" if value is None else value)]
+def _flat(values: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` rows of nested mappings (:func:`comedian.tracking.flatten`; an empty mapping
+    gives no row); lists holding mappings or lists (the GPUs) as JSON, None as ``"null"``."""
+    from comedian.tracking import flatten
+
+    rows = []
+    for key, value in flatten(values).items():
+        if isinstance(value, Mapping):  # an empty one: flatten keeps it as a value
+            continue
+        if isinstance(value, list) and any(isinstance(v, (Mapping, list)) for v in value):
+            value = json.dumps(value)
+        rows.append((key, "null" if value is None else value))
+    return rows
 
 
 def write_run_page(path: str | Path, experiment: str, config: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
