@@ -247,9 +247,14 @@ def report_inputs(wildcards):
     }
 
 
+def report_files(folder):
+    """The report's files in ``folder`` (experiments.REPORT_FILES)."""
+    return {name: f"{folder}/{path}" for name, path in experiments.REPORT_FILES.items()}
+
+
 def report_outputs(folder):
-    """The report's files in ``folder`` (experiments.REPORT_FILES), the timelines a folder."""
-    files = {name: f"{folder}/{path}" for name, path in experiments.REPORT_FILES.items()}
+    """:func:`report_files` as a rule's outputs: the timelines a folder."""
+    files = report_files(folder)
     return {**files, "timelines": directory(files["timelines"])}
 
 
@@ -278,8 +283,7 @@ def view_inputs(wildcards):
     ex = experiment(wildcards)
     if "report" not in ex.products:
         raise InputError(f"{SOURCE}: experiment {ex.name!r} scores no split (evaluate.splits): it has no metrics.json")
-    folder = ex.products["report"].folder()
-    return [f"{ex.view()}/manifest.json", *(f"{folder}/{path}" for path in experiments.REPORT_FILES.values())]
+    return [f"{ex.view()}/manifest.json", *report_files(ex.products["report"].folder()).values()]
 
 
 def view_report(wildcards):
