@@ -148,7 +148,7 @@ def server_runs(url: str) -> dict[str, list]:
     return by_token
 
 
-def server_cpu_per_request(url: str, server: int, experiment_id: str, n: int = 20) -> dict[str, float]:
+def server_cpu_per_request(url: str, server: int, n: int = 20) -> dict[str, float]:
     """Server CPU seconds per request of each kind a job sends (one after another, ``n`` of each), sent as
     the jobs send them (:class:`comedian.tracking._HttpStore`)."""
     store = tracking._HttpStore(url, "comedian")
@@ -183,7 +183,7 @@ def measure(jobs: int, single: int, workers: int, log: Path | None = None) -> di
         load_before, cpu_before = os.getloadavg()[0], group_cpu_s(server)
         rows = run_jobs(jobs, Path(tmp) / "concurrent", job_env)
         server_cpu = group_cpu_s(server) - cpu_before
-        per_request = server_cpu_per_request(url, server, experiment_id)
+        per_request = server_cpu_per_request(url, server)
         starts = sorted(float(fields[3]) for fields, _ in rows)
         fell_back = [fields[0] for fields, _ in rows if fields[0] != url]
         warnings = collections.Counter(
